@@ -1,0 +1,265 @@
+"""One batched transcription pass: features -> audio embeddings -> prompt KV cache -> denoise.
+
+How this works
+--------------
+:func:`run_batch` takes requests from any number of sessions and runs them together:
+
+1. Whisper log-mel features for every request (padded to the model's window).
+2. Whisper encoder + projector in one batch -> ``audio_tokens`` embeddings per request.
+3. Requests are grouped by prompt length (the language hint may change it) and each
+   group's prompts, with the embeddings scattered into the audio placeholder slots, go
+   through DiffusionGemma's causal encoder once, building the read-only KV cache.
+4. The bidirectional decoder denoises every row's canvas, one forward pass per step for
+   the whole group, with the transformers sampler pieces (temperature schedule, entropy-
+   bound acceptance, stable-and-confident stopping) applied row by row.
+
+Mixed step counts share a batch: every row starts at the first pass and runs its own
+schedule (its temperature follows its own step count). A row leaves the batch as soon
+as it has run its steps or adaptive stopping fires, and the batch and the KV cache are
+compacted, so a 3-step draft beside a 16-step final costs 3 row-passes, not 16.
+
+Every row draws from its own ``torch.Generator`` seeded by the request, in the same order
+as ``DiffusionGemmaForBlockDiffusion.generate`` draws from the global RNG at batch size 1,
+so a request's text does not depend on its batch-mates and equals ``generate``'s output
+for the same seed (the tests pin both).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    EntropyBoundSampler,
+    EntropyBoundSamplerConfig,
+    LinearTemperatureScheduleLogitsProcessor,
+    StableAndConfidentStoppingCriteria,
+)
+
+from .model import AsrModel
+from .types import AudioTooLong, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
+
+__all__ = ["validate_request", "run_batch", "encode_prompts", "denoise"]
+
+
+class _SeededSampler(EntropyBoundSampler):
+    """EntropyBoundSampler whose random canvases come from one generator per row."""
+
+    generators: list[torch.Generator] = []
+
+    def initialize_canvas(self, batch_size: int, device: torch.device) -> torch.LongTensor:
+        assert batch_size == len(self.generators)
+        return torch.cat(
+            [
+                torch.randint(0, self.vocab_size, (1, self.canvas_length), device=device, generator=g)
+                for g in self.generators
+            ]
+        )
+
+
+def validate_request(model: AsrModel, request: TranscribeRequest) -> None:
+    """Raise :class:`InvalidRequest` (or :class:`AudioTooLong`) with a readable reason."""
+    spec = model.spec
+    audio = request.audio
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+        raise InvalidRequest("audio must be a 1-D numpy array of mono samples")
+    if audio.shape[0] > spec.window_samples:
+        raise AudioTooLong(
+            f"audio is {audio.shape[0] / spec.sample_rate:.2f} s but model {spec.name!r} takes at most "
+            f"{spec.window_seconds:g} s per pass; split it first (dgasr-server's segmenter and "
+            f"dgasr-transcribe do this)"
+        )
+    if not np.isfinite(audio).all():
+        raise InvalidRequest("audio contains NaN or infinite samples")
+    if not 1 <= request.steps <= spec.max_steps:
+        raise InvalidRequest(f"steps must be between 1 and {spec.max_steps}, got {request.steps}")
+    if request.language is not None and request.language not in spec.languages:
+        raise InvalidRequest(f"language {request.language!r} not supported; expected one of {spec.languages}")
+    canvas = request.start_canvas
+    if canvas is not None:
+        vocab = model.backbone.config.text_config.vocab_size
+        if len(canvas) != spec.canvas_length or min(canvas) < 0 or max(canvas) >= vocab:
+            raise InvalidRequest(f"start_canvas must be {spec.canvas_length} token ids in [0, {vocab})")
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _features(model: AsrModel, audios: Sequence[np.ndarray]) -> torch.Tensor:
+    fe = model.feature_extractor
+    device = model.device
+    batch = fe(
+        [a.astype(np.float32, copy=False) for a in audios],
+        sampling_rate=model.spec.sample_rate,
+        return_tensors="pt",
+        padding="max_length",
+        device="cuda" if device.type == "cuda" else "cpu",
+    )
+    return batch.input_features.to(device=device, dtype=model.whisper.dtype)
+
+
+def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torch.Tensor) -> DynamicCache:
+    """Run DiffusionGemma's causal encoder over the prompts, audio scattered in; returns its KV cache."""
+    bb = model.backbone
+    batch, length = prompt_ids.shape
+    cache = DynamicCache(config=bb.config.get_text_config(decoder=True))
+    attention_mask = torch.ones((batch, length), dtype=torch.bool, device=prompt_ids.device)
+    position_ids = torch.arange(length, dtype=torch.int32, device=prompt_ids.device).unsqueeze(0)
+    mask_mapping = bb.model.encoder.create_masks_for_generate(
+        config=bb.config,
+        inputs_embeds=torch.empty((batch, length, 0), dtype=bb.dtype, device=prompt_ids.device),
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        position_ids=position_ids,
+        mm_token_type_ids=None,
+    )
+    features = BaseModelOutputWithPooling(pooler_output=audio_embeds.reshape(-1, audio_embeds.shape[-1]))
+    out = bb.model.encoder(
+        input_ids=prompt_ids,
+        attention_mask=mask_mapping,
+        past_key_values=cache,
+        position_ids=position_ids,
+        mm_encoder_outputs={"image": features},
+    )
+    return out.past_key_values
+
+
+def denoise(
+    model: AsrModel,
+    cache: DynamicCache,
+    prompt_length: int,
+    steps: Sequence[int],
+    generators: Sequence[torch.Generator],
+    start_canvases: Sequence[torch.Tensor | None],
+) -> tuple[list[list[int]], list[int]]:
+    """Denoise one canvas per row; returns (argmax canvases, steps run) in row order."""
+    bb = model.backbone
+    settings = model.spec.sampler
+    device = model.device
+    length = bb.config.canvas_length
+    vocab = bb.config.text_config.vocab_size
+    sampler = _SeededSampler(EntropyBoundSamplerConfig(settings.entropy_bound), length, vocab, max(steps))
+    stoppers = [
+        StableAndConfidentStoppingCriteria(settings.stability_threshold, settings.confidence_threshold)
+        for _ in steps
+    ]
+    schedules = {n: LinearTemperatureScheduleLogitsProcessor(settings.t_min, settings.t_max, n) for n in set(steps)}
+    rows = [
+        start.to(device).view(1, length) if start is not None else
+        torch.randint(0, vocab, (1, length), device=device, generator=g)
+        for start, g in zip(start_canvases, generators)
+    ]
+    canvas = torch.cat(rows)
+    active = list(range(len(steps)))
+    finals: list[list[int]] = [[] for _ in steps]
+    steps_run = [0] * len(steps)
+    positions = torch.arange(prompt_length, prompt_length + length, dtype=torch.int32, device=device).unsqueeze(0)
+    self_conditioning = None
+    mask_mapping = None
+    embed_dtype = bb.model.decoder.embed_tokens.weight.dtype
+    while active:
+        if mask_mapping is None:  # (re)built whenever the batch shape changes
+            decoder_mask = torch.ones((len(active), prompt_length + length), dtype=torch.bool, device=device)
+            mask_mapping = bb.model.decoder.create_diffusion_decoder_attention_mask(
+                config=bb.config,
+                inputs_embeds=canvas.unsqueeze(-1),
+                past_key_values=cache,
+                decoder_attention_mask=decoder_mask,
+            )
+        logits = bb(
+            decoder_input_ids=canvas,
+            self_conditioning_logits=self_conditioning,
+            decoder_attention_mask=mask_mapping,
+            past_key_values=cache,
+            decoder_position_ids=positions,
+        ).logits
+        processed = torch.cat(
+            [
+                schedules[steps[r]](
+                    None,
+                    logits[j : j + 1],
+                    cur_step=torch.tensor(steps[r] - steps_run[r], dtype=torch.int32, device=device),
+                )
+                for j, r in enumerate(active)
+            ]
+        )
+        probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
+        sampled = torch.cat(
+            [torch.multinomial(probs[j], 1, generator=generators[r]).view(1, length) for j, r in enumerate(active)]
+        )
+        argmax = torch.argmax(processed, dim=-1)
+        accepted = sampler.accept_canvas(canvas, sampled, processed, 0).clone()
+        sampler.generators = [generators[r] for r in active]
+        canvas = sampler.renoise_canvas(accepted, 0).clone()
+        self_conditioning = processed.to(embed_dtype)
+        keep: list[int] = []
+        for j, r in enumerate(active):
+            steps_run[r] += 1
+            stop = bool(stoppers[r](argmax[j : j + 1], processed[j : j + 1])[0])
+            if stop or steps_run[r] >= steps[r]:
+                finals[r] = argmax[j].tolist()
+            else:
+                keep.append(j)
+        if len(keep) < len(active):
+            active = [active[j] for j in keep]
+            if not active:
+                break
+            index = torch.tensor(keep, device=device)
+            canvas, self_conditioning = canvas[index], self_conditioning[index]
+            cache.batch_select_indices(index)
+            mask_mapping = None
+    return finals, steps_run
+
+
+@torch.inference_mode()
+def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
+    """Transcribe ``requests`` together; results come back in request order."""
+    for request in requests:
+        validate_request(model, request)
+    device = model.device
+    t0 = _sync(device)
+    features = _features(model, [r.audio for r in requests])
+    t1 = _sync(device)
+    frames = model.whisper(features).last_hidden_state
+    embeds = model.projector(frames).to(model.backbone.dtype)
+    t2 = _sync(device)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(len(model.prompt_ids(r.language)), []).append(i)
+    canvases: list[list[int]] = [[] for _ in requests]
+    steps_run = [0] * len(requests)
+    prompt_ms = denoise_ms = 0.0
+    for prompt_length, members in groups.items():
+        ta = _sync(device)
+        ids = torch.tensor([model.prompt_ids(requests[i].language) for i in members], device=device)
+        cache = encode_prompts(model, ids, embeds[members])
+        tb = _sync(device)
+        generators = [torch.Generator(device=device).manual_seed(requests[i].seed) for i in members]
+        starts = [
+            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas else None
+            for i in members
+        ]
+        rows, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
+        tc = _sync(device)
+        for i, row, n in zip(members, rows, ran):
+            canvases[i], steps_run[i] = row, n
+        prompt_ms += (tb - ta) * 1000
+        denoise_ms += (tc - tb) * 1000
+    timings = PhaseTimings(
+        features_ms=(t1 - t0) * 1000,
+        audio_encoder_ms=(t2 - t1) * 1000,
+        prompt_encode_ms=prompt_ms,
+        denoise_ms=denoise_ms,
+        batch_size=len(requests),
+    )
+    return [
+        TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings)
+        for c, n in zip(canvases, steps_run)
+    ]

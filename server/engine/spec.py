@@ -1,0 +1,124 @@
+"""What a model declares about itself, so the server never hard-codes it.
+
+A :class:`ModelSpec` travels with every model: the real preset builds one in code, a
+model directory stores one in ``dgasr.json``. The server reads the audio window (to
+size segments), the canvas length, the prompt template (with its language hint) and
+the default draft/final step counts from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LANGUAGES", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
+
+LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
+SPEC_FILE = "dgasr.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """DiffusionGemma sampler knobs; defaults are transformers' own generation defaults."""
+
+    t_min: float = 0.4
+    t_max: float = 0.8
+    entropy_bound: float = 0.1
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """Shape of the audio projector: strided 1-D convs (time subsampling) then a linear map.
+
+    Whisper-small gives 1500 frames x 768 per 30 s; three stride-2 convs give 188 frames,
+    which a linear maps to the backbone width (2816 for the real model).
+    """
+
+    in_dim: int = 768
+    channels: int = 1024
+    num_layers: int = 3
+    kernel_size: int = 3
+    stride: int = 2
+    out_dim: int = 2816
+
+    def output_frames(self, input_frames: int) -> int:
+        n = input_frames
+        pad = self.kernel_size // 2
+        for _ in range(self.num_layers):
+            n = (n + 2 * pad - self.kernel_size) // self.stride + 1
+        return n
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the engine and the server need to know about one ASR model.
+
+    ``parts`` maps each component (``whisper``, ``backbone``, ``tokenizer``,
+    ``projector``, optional ``adapter``) to a Hugging Face repo id or a directory
+    (relative paths are resolved against the model directory holding ``dgasr.json``).
+
+    ``prompt_template`` contains ``{audio}`` (expanded to begin-of-audio, ``audio_tokens``
+    placeholders and end-of-audio) and ``{language}`` (replaced by ``language_hints[code]``,
+    or ``language_hints["auto"]`` when no language was given).
+    """
+
+    name: str
+    parts: dict[str, str]
+    window_seconds: float = 30.0
+    sample_rate: int = 16000
+    audio_tokens: int = 188
+    canvas_length: int = 256
+    prompt_template: str = "{audio}{language}"
+    language_hints: dict[str, str] = field(default_factory=lambda: {"auto": ""})
+    languages: tuple[str, ...] = LANGUAGES
+    draft_steps: int = 3
+    final_steps: int = 16
+    max_steps: int = 64
+    sampler: SamplerSettings = SamplerSettings()
+    projector: ProjectorConfig = ProjectorConfig()
+    merge_lora: bool = True
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_seconds * self.sample_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["languages"] = list(self.languages)
+        data["format_version"] = FORMAT_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported {SPEC_FILE} format_version {version} (this dgasr reads {FORMAT_VERSION})")
+        data["sampler"] = SamplerSettings(**data.get("sampler", {}))
+        data["projector"] = ProjectorConfig(**data.get("projector", {}))
+        data["languages"] = tuple(data.get("languages", LANGUAGES))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fields in {SPEC_FILE}: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def save(self, directory: Path) -> None:
+        (directory / SPEC_FILE).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelSpec:
+        return cls.from_dict(json.loads((directory / SPEC_FILE).read_text()))
+
+    def with_parts(self, **overrides: str | None) -> ModelSpec:
+        parts = dict(self.parts)
+        for key, value in overrides.items():
+            if value:
+                parts[key] = value
+        return dataclasses.replace(self, parts=parts)

@@ -1,0 +1,323 @@
+"""Protocol v1: the typed messages shared by `dgasr-server` and `dgasr-client`.
+
+How this works
+--------------
+A client connects to ``ws://HOST:PORT/v1/listen?...``. The query string is parsed
+into :class:`ListenParams` (bad values raise :class:`ParamError`, which the server
+turns into an HTTP 400 at the handshake). After that the client sends binary frames
+of raw audio and JSON text frames that :func:`parse_client_message` turns into
+:class:`Finalize`, :class:`Eos` or :class:`KeepAlive`. The server answers with JSON
+text frames, each one a dataclass below with a ``type`` tag; :func:`parse_server_message`
+is the inverse used by clients and tests. Every message is defined once, here, so the
+server and the client cannot drift apart. See ``docs/protocol.md`` for the user-facing
+description and the ordering guarantees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "LANGUAGES",
+    "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
+    "Encoding",
+    "ErrorCode",
+    "ParamError",
+    "BadMessage",
+    "ListenParams",
+    "Finalize",
+    "Eos",
+    "KeepAlive",
+    "ClientMessage",
+    "Ready",
+    "SpeechStarted",
+    "Partial",
+    "SpeechStopped",
+    "Final",
+    "Error",
+    "Closed",
+    "ServerMessage",
+    "parse_client_message",
+    "parse_server_message",
+]
+
+PROTOCOL_VERSION = 1
+LISTEN_PATH = "/v1/listen"
+LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+
+
+class Encoding(enum.StrEnum):
+    """Raw audio sample formats a client may declare."""
+
+    PCM_S16LE = "pcm_s16le"
+    PCM_F32LE = "pcm_f32le"
+
+    @property
+    def sample_width(self) -> int:
+        return 2 if self is Encoding.PCM_S16LE else 4
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_AUDIO = "bad_audio"
+    BAD_MESSAGE = "bad_message"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ParamError(ValueError):
+    """A connection parameter is invalid; ``field`` names the offending parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": "bad_request", "field": self.field, "message": self.message}
+
+
+class BadMessage(ValueError):
+    """A client text frame could not be understood."""
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_bool(field: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ParamError(field, f"expected true or false, got {raw!r}")
+
+
+def _parse_int(field: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParamError(field, f"expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ParamError(field, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ListenParams:
+    """What a client declared when it connected.
+
+    ``draft_steps``/``final_steps`` are ``None`` when the client left them to the server;
+    the server clamps explicit values to its own limits (see ``Ready`` for the result).
+    """
+
+    sample_rate: int = 16000
+    encoding: Encoding = Encoding.PCM_S16LE
+    language: str | None = None
+    interim_results: bool = True
+    draft_steps: int | None = None
+    final_steps: int | None = None
+
+    KNOWN: ClassVar[frozenset[str]] = frozenset(
+        {"sample_rate", "encoding", "language", "interim_results", "draft_steps", "final_steps"}
+    )
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> ListenParams:
+        """Parse query parameters; raises :class:`ParamError` naming the first bad one."""
+        unknown = sorted(set(query) - cls.KNOWN)
+        if unknown:
+            raise ParamError(unknown[0], f"unknown parameter; known: {', '.join(sorted(cls.KNOWN))}")
+        kwargs: dict[str, Any] = {}
+        if "sample_rate" in query:
+            kwargs["sample_rate"] = _parse_int(
+                "sample_rate", query["sample_rate"], MIN_SAMPLE_RATE, MAX_SAMPLE_RATE
+            )
+        if "encoding" in query:
+            try:
+                kwargs["encoding"] = Encoding(query["encoding"].strip().lower())
+            except ValueError:
+                names = ", ".join(e.value for e in Encoding)
+                raise ParamError("encoding", f"expected one of {names}, got {query['encoding']!r}") from None
+        if "language" in query:
+            lang = query["language"].strip().lower()
+            if lang in ("", "auto"):
+                lang = None
+            elif lang not in LANGUAGES:
+                raise ParamError("language", f"expected one of {', '.join(LANGUAGES)} or auto, got {lang!r}")
+            kwargs["language"] = lang
+        if "interim_results" in query:
+            kwargs["interim_results"] = _parse_bool("interim_results", query["interim_results"])
+        for name in ("draft_steps", "final_steps"):
+            if name in query:
+                kwargs[name] = _parse_int(name, query[name], 1, 1000)
+        return cls(**kwargs)
+
+    def to_query(self) -> dict[str, str]:
+        """The inverse of :meth:`from_query`, omitting values left to the server."""
+        out = {
+            "sample_rate": str(self.sample_rate),
+            "encoding": self.encoding.value,
+            "interim_results": "true" if self.interim_results else "false",
+        }
+        if self.language:
+            out["language"] = self.language
+        if self.draft_steps is not None:
+            out["draft_steps"] = str(self.draft_steps)
+        if self.final_steps is not None:
+            out["final_steps"] = str(self.final_steps)
+        return out
+
+
+class _Message:
+    """Mixin: JSON encoding with the ``type`` tag first."""
+
+    type: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {"type": self.type}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            body[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return body
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+# ---- client -> server -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finalize(_Message):
+    """Close the current segment now and send its final."""
+
+    type: ClassVar[str] = "finalize"
+
+
+@dataclass(frozen=True)
+class Eos(_Message):
+    """End of stream: finalize everything, send ``closed`` and close."""
+
+    type: ClassVar[str] = "eos"
+
+
+@dataclass(frozen=True)
+class KeepAlive(_Message):
+    """Resets the idle timer without sending audio."""
+
+    type: ClassVar[str] = "keepalive"
+
+
+ClientMessage = Finalize | Eos | KeepAlive
+_CLIENT_TYPES: dict[str, type] = {c.type: c for c in (Finalize, Eos, KeepAlive)}
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """Parse one client text frame; raises :class:`BadMessage` with a readable reason."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BadMessage(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage("expected a JSON object with a 'type' field")
+    kind = data.get("type")
+    cls = _CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise BadMessage(f"unknown message type {kind!r}; expected one of {', '.join(_CLIENT_TYPES)}")
+    return cls()
+
+
+# ---- server -> client -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready(_Message):
+    session_id: str
+    model: str
+    sample_rate: int
+    encoding: str
+    language: str | None
+    draft_steps: int
+    final_steps: int
+    interim_results: bool = True
+    protocol: int = PROTOCOL_VERSION
+    type: ClassVar[str] = "ready"
+
+
+@dataclass(frozen=True)
+class SpeechStarted(_Message):
+    segment: int
+    start: float
+    type: ClassVar[str] = "speech_started"
+
+
+@dataclass(frozen=True)
+class Partial(_Message):
+    segment: int
+    text: str
+    start: float
+    end: float
+    steps: int
+    type: ClassVar[str] = "partial"
+
+
+@dataclass(frozen=True)
+class SpeechStopped(_Message):
+    segment: int
+    end: float
+    type: ClassVar[str] = "speech_stopped"
+
+
+@dataclass(frozen=True)
+class Final(_Message):
+    segment: int
+    text: str
+    start: float
+    end: float
+    steps: int
+    language: str | None
+    latency_ms: float
+    type: ClassVar[str] = "final"
+
+
+@dataclass(frozen=True)
+class Error(_Message):
+    code: str
+    message: str
+    fatal: bool = False
+    type: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True)
+class Closed(_Message):
+    reason: str
+    segments: int
+    audio_seconds: float
+    type: ClassVar[str] = "closed"
+
+
+ServerMessage = Ready | SpeechStarted | Partial | SpeechStopped | Final | Error | Closed
+_SERVER_TYPES: dict[str, type] = {
+    c.type: c for c in (Ready, SpeechStarted, Partial, SpeechStopped, Final, Error, Closed)
+}
+
+
+def parse_server_message(text: str | bytes) -> ServerMessage:
+    """Parse one server text frame into its dataclass (unknown fields are ignored)."""
+    data = json.loads(text)
+    cls = _SERVER_TYPES.get(data.get("type")) if isinstance(data, dict) else None
+    if cls is None:
+        raise BadMessage(f"unknown server message: {str(text)[:200]}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
