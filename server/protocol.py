@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "LISTEN_PATH",
+    "CLOSE_REASONS",
     "LANGUAGES",
     "MIN_SAMPLE_RATE",
     "MAX_SAMPLE_RATE",
@@ -51,6 +53,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 LISTEN_PATH = "/v1/listen"
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
+# Why a session ended, as sent in ``closed.reason``: the client's eos, no audio or
+# keepalive for the idle timeout, or the server stopping (SIGINT/SIGTERM).
+CLOSE_REASONS: tuple[str, ...] = ("eos", "idle", "shutdown")
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 
@@ -315,9 +320,15 @@ _SERVER_TYPES: dict[str, type] = {
 
 def parse_server_message(text: str | bytes) -> ServerMessage:
     """Parse one server text frame into its dataclass (unknown fields are ignored)."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadMessage(f"server sent invalid JSON: {exc}") from None
     cls = _SERVER_TYPES.get(data.get("type")) if isinstance(data, dict) else None
     if cls is None:
         raise BadMessage(f"unknown server message: {str(text)[:200]}")
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise BadMessage(f"malformed {data['type']} message: {exc}") from None

@@ -28,7 +28,7 @@ from .model import PROJECTOR_FILE, AsrModel
 from .projector import AudioProjector
 from .spec import LANGUAGES, SPEC_FILE, ModelSpec, ProjectorConfig
 
-__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "resolve_device", "load_model", "load_whisper_encoder"]
+__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "resolve_model_name", "resolve_device", "load_model", "load_whisper_encoder"]
 
 log = logging.getLogger("dgasr.engine")
 
@@ -73,6 +73,26 @@ PRESETS: dict[str, ModelSpec | Callable[[torch.device, torch.dtype], AsrModel]] 
     REAL_MODEL: REAL_SPEC,
     "tiny-random": _tiny,
 }
+
+
+def resolve_model_name(name: str) -> str:
+    """``auto`` -> the real model when CUDA is present, else the embedded ``demo`` model if shipped.
+
+    Logs which model was picked and why; never falls back silently from an explicit name.
+    """
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        log.info("model auto: CUDA is available, using %s", REAL_MODEL)
+        return REAL_MODEL
+    if "demo" in PRESETS:
+        log.info("model auto: no CUDA GPU, using the embedded demo model")
+        return "demo"
+    raise ModelLoadError(
+        f"--model auto: no CUDA GPU here, and {REAL_MODEL} needs one (about 52 GB of weights). "
+        "Use --model tiny-random to develop without weights (its text is random), "
+        "a model directory, or run on a GPU machine."
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -69,10 +69,24 @@ class Engine:
         warmup: run a draft and a final on silence before reporting ready.
         queue_size: batches that may wait for the worker; the scheduler keeps at most
             one or two in flight, so this only guards against misuse.
+        on_ready: called from the worker thread once the engine is READY or FAILED
+            (asyncio callers pass ``lambda: loop.call_soon_threadsafe(event.set)``).
+        threads: CPU threads for torch ops (process-wide). A server on CPU leaves a core
+            to its event loop: oversubscribed OpenMP threads stall for whole seconds.
     """
 
-    def __init__(self, load: Callable[[], AsrModel], *, warmup: bool = True, queue_size: int = 4) -> None:
+    def __init__(
+        self,
+        load: Callable[[], AsrModel],
+        *,
+        warmup: bool = True,
+        queue_size: int = 4,
+        on_ready: Callable[[], None] | None = None,
+        threads: int | None = None,
+    ) -> None:
         self._load = load
+        self._threads = threads
+        self._on_ready = on_ready
         self._warmup = warmup
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=queue_size)
         self._ready = threading.Event()
@@ -155,6 +169,8 @@ class Engine:
 
     def _main(self) -> None:
         try:
+            if self._threads:
+                torch.set_num_threads(self._threads)
             t0 = time.perf_counter()
             self._model = self._load()
             self.stats.load_seconds = time.perf_counter() - t0
@@ -164,10 +180,10 @@ class Engine:
             log.error("model failed to load: %s", exc)
             self._error = exc
             self.state = EngineState.FAILED
-            self._ready.set()
+            self._signal_ready()
             return
         self.state = EngineState.READY
-        self._ready.set()
+        self._signal_ready()
         log.info(
             "engine ready: model=%s device=%s load=%.2fs warmup=%.2fs",
             self._model.spec.name, self._model.device, self.stats.load_seconds, self.stats.warmup_seconds,
@@ -175,6 +191,11 @@ class Engine:
         while (item := self._queue.get()) is not None:
             self._serve(*item)
         self._release()
+
+    def _signal_ready(self) -> None:
+        self._ready.set()
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _warm_up(self, model: AsrModel) -> None:
         t0 = time.perf_counter()

@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Engine latency and batching throughput, measured through the real engine worker.
+
+Prints a table: p50/p95 latency of one draft and one final at batch 1, then throughput
+(requests per second) of finals and drafts at batch sizes 1/4/16 and the ratio of the
+largest batch to batch 1, all measured in the same process on the same model.
+
+    python scripts/bench_engine.py --model tiny-random --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
+
+
+def _audio(seconds: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.05).astype(np.float32)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=20, help="latency samples per kind")
+    p.add_argument("--batches", default="1,4,16", help="batch sizes for throughput")
+    p.add_argument("--seconds", type=float, default=None, help="audio per request (default: 80%% of the window)")
+    args = p.parse_args()
+
+    engine = Engine(lambda: load_model(args.model, args.device)).start()
+    model = engine.wait_ready()
+    spec = model.spec
+    seconds = args.seconds or spec.window_seconds * 0.8
+    draft, final = spec.draft_steps, spec.final_steps
+    print(f"model={spec.name} device={model.device} audio={seconds:.1f}s draft_steps={draft} "
+          f"final_steps={final} load={engine.stats.load_seconds:.2f}s warmup={engine.stats.warmup_seconds:.2f}s")
+
+    print("\nlatency at batch 1 (ms)        p50      p95   features  encoder   prompt  denoise")
+    p50: dict[str, float] = {}
+    for name, steps in (("draft", draft), ("final", final)):
+        lat, phases = [], []
+        for i in range(args.repeats):
+            t0 = time.perf_counter()
+            result = engine.transcribe([TranscribeRequest(_audio(seconds, i), steps, seed=i)])[0]
+            lat.append((time.perf_counter() - t0) * 1000)
+            phases.append(result.timings)
+        p50[name] = _pct(lat, 0.5)
+        med = lambda f: statistics.median(getattr(t, f) for t in phases)  # noqa: E731
+        print(f"  {name:5s} ({steps:2d} steps)          {_pct(lat, .5):8.1f} {_pct(lat, .95):8.1f} "
+              f"{med('features_ms'):9.1f} {med('audio_encoder_ms'):8.1f} {med('prompt_encode_ms'):8.1f} "
+              f"{med('denoise_ms'):8.1f}")
+
+    sizes = [int(x) for x in args.batches.split(",")]
+    print("\nthroughput (requests/s)  " + "".join(f"{'b=' + str(b):>10s}" for b in sizes) + f"{'b' + str(sizes[-1]) + '/b1':>10s}")
+    for name, steps in (("final", final), ("draft", draft)):
+        rates = []
+        for b in sizes:
+            reps = max(2, 48 // b)
+            t0 = time.perf_counter()
+            for r in range(reps):
+                engine.transcribe([TranscribeRequest(_audio(seconds, r * b + k), steps, seed=k) for k in range(b)])
+            rates.append(reps * b / (time.perf_counter() - t0))
+        print(f"  {name} ({steps:2d} steps)       " + "".join(f"{r:10.1f}" for r in rates) + f"{rates[-1] / rates[0]:10.2f}")
+    print(f"\none final at batch 1: {seconds / (p50['final'] / 1000):.1f}x faster than real time "
+          f"({seconds:.1f} s of audio in {p50['final']:.1f} ms)")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""N concurrent clients streaming real speech at real-time pace; latency with and without batching.
+
+For each client count it starts a dgasr server in this process (a real websockets server on
+a free port, the real engine), runs N simulated clients that stream speech files at real
+time, and reports p50/p95 of:
+
+* first-partial latency: speech onset (ground truth) -> first partial of that segment,
+* finalization latency: end of speech (ground truth) -> final received by the client,
+* engine queueing and engine time per batch, and the share of finals lost (must be 0),
+
+then does the same with batching disabled (max batch 1) and prints the ratio. The speech is
+espeak-ng sentences (known onsets/ends) separated by pauses; every client gets its own text.
+
+    python scripts/bench_streams.py --clients 1,4,16 --model tiny-random --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from audio_fixtures import speech_with_pauses  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+from server.app import DgasrServer, ServerConfig, cpu_threads  # noqa: E402
+from server.engine import Engine, load_model  # noqa: E402
+from server.protocol import parse_server_message  # noqa: E402
+
+PHRASES = [
+    "Please send the report before the meeting tomorrow.",
+    "The weather will be sunny with a light breeze.",
+    "Turn left at the second traffic light.",
+    "Our next train leaves from platform four.",
+]
+
+
+@dataclass
+class ClientResult:
+    first_partial_ms: list[float] = field(default_factory=list)
+    final_ms: list[float] = field(default_factory=list)
+    segments_expected: int = 0
+    finals: int = 0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _speech(client: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    parts: list[str | float] = []
+    for k in range(3):
+        parts += [PHRASES[(client + k) % len(PHRASES)], 1.0]
+    audio, truth = speech_with_pauses(parts[:-1], seed=client)
+    return np.concatenate([np.zeros(8000, np.float32), audio, np.zeros(16000, np.float32)]), [
+        (s + 0.5, e + 0.5) for s, e in truth
+    ]
+
+
+async def _client(url: str, client: int, chunk_ms: int = 100) -> ClientResult:
+    audio, truth = _speech(client)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = 16000 * chunk_ms // 1000 * 2
+    result = ClientResult(segments_expected=len(truth))
+    first_partial: dict[int, float] = {}
+    async with connect(f"{url}/v1/listen") as ws:
+        await ws.recv()  # ready
+        t0 = time.perf_counter()
+
+        async def send() -> None:
+            for i, k in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, t0 + i * chunk_ms / 1000 - time.perf_counter()))
+                await ws.send(pcm[k : k + step])
+            await ws.send(json.dumps({"type": "eos"}))
+
+        sender = asyncio.create_task(send())
+        async for raw in ws:
+            now = time.perf_counter() - t0
+            msg = parse_server_message(raw)
+            # Stream time sent so far equals wall time since t0 (paced), so ground-truth
+            # speech times convert directly to wall-clock deadlines.
+            if msg.type == "partial" and msg.segment not in first_partial and msg.segment < len(truth):
+                first_partial[msg.segment] = now
+                result.first_partial_ms.append((now - truth[msg.segment][0]) * 1000)
+            elif msg.type == "final":
+                result.finals += 1
+                if msg.segment < len(truth):
+                    result.final_ms.append((now - truth[msg.segment][1]) * 1000)
+        await sender
+    return result
+
+
+async def _run(engine: Engine, clients: int, max_batch: int) -> dict:
+    server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients)), engine)
+    await server.start()
+    try:
+        results = await asyncio.gather(*(_client(f"ws://127.0.0.1:{server.port}", c) for c in range(clients)))
+    finally:
+        await server.shutdown()  # also lets every session's handler record its stats
+    stats = server.loop.stats
+    return {
+        "first": [x for r in results for x in r.first_partial_ms],
+        "final": [x for r in results for x in r.final_ms],
+        "lost": sum(r.segments_expected - r.finals for r in results),
+        "expected": sum(r.segments_expected for r in results),
+        "wait": list(stats.queue_wait_ms),
+        "engine": list(stats.engine_ms),
+        "batch": statistics.mean(stats.batch_sizes) if stats.batch_sizes else 0.0,
+        "vad": 1000 * sum(f for f, _ in server.feed_stats) / max(sum(a for _, a in server.feed_stats), 1e-9),
+    }
+
+
+def _row(label: str, r: dict) -> str:
+    return (
+        f"{label:14s} {_pct(r['first'], .5):7.0f} {_pct(r['first'], .95):7.0f} {_pct(r['final'], .5):7.0f} "
+        f"{_pct(r['final'], .95):7.0f} {_pct(r['wait'], .5):7.0f} {_pct(r['engine'], .5):7.0f} {r['batch']:6.1f} "
+        f"{r['lost']:3d}/{r['expected']:<3d} {r['vad']:6.2f}"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    threads = cpu_threads() if args.device == "cpu" else None
+    engine = Engine(lambda: load_model(args.model, args.device), threads=threads).start()
+    model = await asyncio.to_thread(engine.wait_ready)
+    print(f"model={model.spec.name} device={model.device} draft_steps={model.spec.draft_steps} "
+          f"final_steps={model.spec.final_steps} cpu_threads={threads} cores={os.cpu_count()}")
+    print("latencies in ms; first = speech onset -> first partial, final = end of speech -> final;")
+    print("queue = job waiting for a batch, engine = one batch on the device, vad = ms of session CPU")
+    print("(decode + resample + VAD) per second of audio")
+    print(f"{'run':14s} {'first50':>7s} {'first95':>7s} {'final50':>7s} {'final95':>7s} {'queue50':>7s} "
+          f"{'engine50':>7s} {'batch':>6s} lost    vad")
+    for n in args.clients:
+        batched = await _run(engine, n, args.max_batch)
+        single = await _run(engine, n, 1)
+        print(_row(f"{n} x batched", batched))
+        print(_row(f"{n} x batch=1", single))
+        ratio = _pct(single["final"], .95) / max(_pct(batched["final"], .95), 1e-9)
+        print(f"{'':14s} final p95 batch=1 / batched = {ratio:.2f}")
+    engine.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
+    p.add_argument("--model", default="tiny-random")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=16)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

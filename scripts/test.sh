@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs and runs it:
+#   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, PortAudio),
+#   a virtual environment in .venv with dgasr and its test extra, then pytest.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k vad -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(espeak-ng sox pocketsphinx-testdata libportaudio2)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# torch 2.13.0 first: on CPU-only machines this is the CPU build; an unpinned torch
+# would pull several GB of CUDA wheels the tests do not need.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

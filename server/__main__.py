@@ -1,0 +1,7 @@
+"""`python -m server` runs dgasr-server."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""One client's stream as an I/O-free state machine: bytes and control in, messages and jobs out.
+
+How this works
+--------------
+A :class:`Session` turns what a client sends into two kinds of output (an
+:class:`Output`): protocol messages for the client and :class:`~server.scheduler.Job`
+objects for the engine. The server feeds it and routes the outputs; tests feed it arrays.
+
+Audio: client bytes -> :class:`PcmDecoder` -> :class:`StreamResampler` (to 16 kHz) ->
+:class:`Segmenter`. Segment events become ``speech_started`` / ``speech_stopped``. While a
+segment is open, every ``partial_interval_ms`` of new speech yields a draft job over the
+segment so far; when it closes, a final job. Engine results come back through
+:meth:`Session.job_done`.
+
+Guarantees kept here: for each segment ``speech_started``, partials, ``speech_stopped``,
+then exactly one ``final``; finals leave in segment order even if they complete out of
+order; a draft that completes after its segment closed is dropped; after ``eos`` (or an
+idle/shutdown close) every open segment is finalized before ``closed``.
+
+States: ``STREAMING`` (audio accepted) -> ``DRAINING`` (end requested, finals pending)
+-> ``CLOSED`` (``closed`` sent). ``ABORTED`` when the client vanished. Feeding audio in
+any state but ``STREAMING`` raises :class:`SessionError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .audio import BadAudio, PcmDecoder, StreamResampler
+from .engine import TranscribeRequest, TranscribeResult
+from .protocol import (
+    BadMessage,
+    Closed,
+    Eos,
+    Error,
+    ErrorCode,
+    Final,
+    Finalize,
+    ListenParams,
+    Partial,
+    Ready,
+    ServerMessage,
+    SpeechStarted,
+    SpeechStopped,
+    parse_client_message,
+)
+from .scheduler import Job, JobKind
+from .vad import SAMPLE_RATE, SegmentAudio, SegmentEnded, Segmenter, SegmentEvent, SegmentStarted, VadConfig
+
+__all__ = ["SessionState", "SessionError", "SessionConfig", "Output", "Session"]
+
+log = logging.getLogger("dgasr.session")
+
+
+class SessionState(enum.Enum):
+    STREAMING = "streaming"
+    DRAINING = "draining"
+    CLOSED = "closed"
+    ABORTED = "aborted"
+
+
+class SessionError(RuntimeError):
+    """An operation is not allowed in the session's current state."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Server-side settings for one session (already clamped to the server's limits)."""
+
+    model: str
+    draft_steps: int
+    final_steps: int
+    vad: VadConfig = VadConfig()
+    partial_interval_ms: int = 450
+    warm_start: bool = False
+
+
+@dataclass
+class Output:
+    messages: list[ServerMessage] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+
+    def extend(self, other: Output) -> Output:
+        self.messages += other.messages
+        self.jobs += other.jobs
+        return self
+
+
+@dataclass
+class _Segment:
+    index: int
+    start: int
+    chunks: list[np.ndarray] = field(default_factory=list)
+    length: int = 0
+    end: int | None = None
+    drafted_at: int = 0  # segment length when the last draft was scheduled
+    partial_at: int = 0  # segment length covered by the last partial sent
+    canvas: tuple[int, ...] | None = None
+    closed_at: float = 0.0
+    final: Final | None = None
+
+    def audio(self) -> np.ndarray:
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+        return self.chunks[0] if self.chunks else np.zeros(0, np.float32)
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        params: ListenParams,
+        config: SessionConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = session_id
+        self.params = params
+        self.config = config
+        self.state = SessionState.STREAMING
+        self._clock = clock
+        self._decoder = PcmDecoder(params.encoding)
+        self._resampler = StreamResampler(params.sample_rate)
+        self._segmenter = Segmenter(config.vad)
+        self._segments: dict[int, _Segment] = {}
+        self._next_final = 0  # next segment whose final goes out
+        self._segment_count = 0
+        self._input_samples = 0
+        self._close_reason = "eos"
+        self._interval = int(config.partial_interval_ms * SAMPLE_RATE / 1000)
+
+    # ---- inputs ------------------------------------------------------------
+
+    def ready(self) -> Ready:
+        p, c = self.params, self.config
+        return Ready(
+            session_id=self.id, model=c.model, sample_rate=p.sample_rate, encoding=p.encoding.value,
+            language=p.language, draft_steps=c.draft_steps, final_steps=c.final_steps,
+            interim_results=p.interim_results,
+        )
+
+    def feed(self, data: bytes) -> Output:
+        """Raw audio bytes in the declared encoding (any frame size)."""
+        self._require(SessionState.STREAMING, "feed audio")
+        try:
+            samples = self._decoder.feed(data)
+        except BadAudio as exc:
+            return Output(messages=[Error(ErrorCode.BAD_AUDIO.value, f"{exc}; frame dropped")])
+        self._input_samples += len(samples)
+        return self._on_events(self._segmenter.feed(self._resampler.process(samples)))
+
+    def text(self, text: str) -> Output:
+        """A client text frame: finalize / eos / keepalive, or a bad_message error."""
+        try:
+            message = parse_client_message(text)
+        except BadMessage as exc:
+            return Output(messages=[Error(ErrorCode.BAD_MESSAGE.value, str(exc))])
+        if self.state is not SessionState.STREAMING:
+            return Output()  # already ending: finalize/eos/keepalive change nothing
+        if isinstance(message, Finalize):
+            return self._on_events(self._segmenter.finalize())
+        if isinstance(message, Eos):
+            return self.end("eos")
+        return Output()  # keepalive: the server resets its idle timer
+
+    def end(self, reason: str) -> Output:
+        """Stop taking audio (eos, idle, shutdown); finalize what is open; ``closed`` follows."""
+        if self.state is not SessionState.STREAMING:
+            return Output()
+        self._close_reason = reason
+        out = self._on_events(self._segmenter.feed(self._resampler.flush()))
+        out.extend(self._on_events(self._segmenter.close()))
+        self.state = SessionState.DRAINING
+        return out.extend(self._release_finals())
+
+    def abort(self) -> None:
+        """The client is gone: drop buffers; the server removes its queued jobs."""
+        self.state = SessionState.ABORTED
+        self._segments.clear()
+
+    # ---- engine results ----------------------------------------------------
+
+    def job_done(self, job: Job, result: TranscribeResult) -> Output:
+        segment = self._segments.get(job.segment)
+        if segment is None or self.state is SessionState.ABORTED:
+            return Output()
+        if job.kind is JobKind.DRAFT:
+            if segment.end is not None or job.end <= segment.partial_at:
+                return Output()  # segment closed meanwhile, or an older draft: drop it
+            segment.partial_at = job.end
+            segment.canvas = result.canvas
+            partial = Partial(job.segment, result.text, self._sec(segment.start),
+                              self._sec(segment.start + job.end), result.steps)
+            return Output(messages=[partial])
+        segment.final = Final(
+            job.segment, result.text, self._sec(segment.start), self._sec(segment.end or segment.start),
+            result.steps, self.params.language, round((self._clock() - segment.closed_at) * 1000, 1),
+        )
+        return self._release_finals()
+
+    def job_failed(self, job: Job, error: BaseException) -> Output:
+        """A draft failure is dropped; a final failure still yields its (empty) final."""
+        segment = self._segments.get(job.segment)
+        if job.kind is JobKind.DRAFT or segment is None or self.state is SessionState.ABORTED:
+            return Output()
+        log.error("session %s segment %d: final failed: %s", self.id, job.segment, error)
+        out = Output(messages=[Error(ErrorCode.INTERNAL.value, f"segment {job.segment} could not be transcribed")])
+        segment.final = Final(job.segment, "", self._sec(segment.start), self._sec(segment.end or segment.start),
+                              0, self.params.language, round((self._clock() - segment.closed_at) * 1000, 1))
+        return out.extend(self._release_finals())
+
+    # ---- state -------------------------------------------------------------
+
+    @property
+    def pending_finals(self) -> int:
+        """Segments closed whose final has not been sent yet (the server's backpressure gauge)."""
+        return sum(1 for s in self._segments.values() if s.end is not None)
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._close_reason if self.state is not SessionState.STREAMING else None
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._input_samples / self.params.sample_rate
+
+    @property
+    def segments(self) -> int:
+        return self._segment_count
+
+    # ---- internals ---------------------------------------------------------
+
+    def _require(self, state: SessionState, action: str) -> None:
+        if self.state is not state:
+            raise SessionError(f"cannot {action} in state {self.state.name}")
+
+    @staticmethod
+    def _sec(sample: int) -> float:
+        return round(sample / SAMPLE_RATE, 3)
+
+    def _on_events(self, events: list[SegmentEvent]) -> Output:
+        out = Output()
+        for event in events:
+            if isinstance(event, SegmentStarted):
+                self._segments[event.segment] = _Segment(event.segment, event.start)
+                self._segment_count += 1
+                out.messages.append(SpeechStarted(event.segment, self._sec(event.start)))
+            elif isinstance(event, SegmentAudio):
+                segment = self._segments[event.segment]
+                segment.chunks.append(event.samples)
+                segment.length += len(event.samples)
+                if self.params.interim_results and segment.length - segment.drafted_at >= self._interval:
+                    segment.drafted_at = segment.length
+                    out.jobs.append(self._job(segment, JobKind.DRAFT, self.config.draft_steps))
+            elif isinstance(event, SegmentEnded):
+                segment = self._segments[event.segment]
+                segment.end = event.end
+                segment.closed_at = self._clock()
+                out.messages.append(SpeechStopped(event.segment, self._sec(event.end)))
+                out.jobs.append(self._job(segment, JobKind.FINAL, self.config.final_steps))
+                segment.chunks = []  # the final job holds the audio now
+        return out
+
+    def _job(self, segment: _Segment, kind: JobKind, steps: int) -> Job:
+        canvas = segment.canvas if self.config.warm_start else None
+        request = TranscribeRequest(segment.audio(), steps, self.params.language, seed=segment.index,
+                                    start_canvas=canvas)
+        return Job(self.id, segment.index, kind, request, end=segment.length)
+
+    def _release_finals(self) -> Output:
+        out = Output()
+        while (segment := self._segments.get(self._next_final)) is not None and segment.final is not None:
+            out.messages.append(segment.final)
+            del self._segments[self._next_final]
+            self._next_final += 1
+        if self.state is SessionState.DRAINING and not self._segments:
+            self.state = SessionState.CLOSED
+            out.messages.append(Closed(self._close_reason, self._segment_count, round(self.audio_seconds, 3)))
+        return out
