@@ -62,12 +62,15 @@ class EngineLoop:
 
     def submit(self, jobs: list[Job]) -> None:
         now = time.perf_counter()
-        for job in jobs:
-            replaced = self.scheduler.submit(job)
-            self._submitted[job.id] = now
-            if replaced is not None:
-                self._submitted.pop(replaced.id, None)
-
+        try:
+            for job in jobs:
+                replaced = self.scheduler.submit(job)
+                self._submitted[job.id] = now
+                if replaced is not None:
+                    self._submitted.pop(replaced.id, None)
+        finally:
+            if jobs:
+                self._wake.set()  # even if the scheduler refused one: the queued ones must run
 
     def forget_session(self, session: str) -> int:
         """Drop the waiting jobs of a session that went away; returns how many."""
@@ -99,6 +102,8 @@ class EngineLoop:
         try:
             future = self.engine.submit([job.request for job in batch])
             results = await asyncio.wrap_future(future)
+            if len(results) != len(batch):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

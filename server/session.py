@@ -131,6 +131,7 @@ class Session:
         self._next_final = 0  # next segment whose final goes out
         self._segment_count = 0
         self._input_samples = 0
+        self._last_good = np.zeros(0, np.float32)  # stands in for a dropped frame
         self._close_reason = "eos"
         self._interval = int(config.partial_interval_ms * SAMPLE_RATE / 1000)
 
@@ -145,14 +146,29 @@ class Session:
         )
 
     def feed(self, data: bytes) -> Output:
-        """Raw audio bytes in the declared encoding (any frame size)."""
+        """Raw audio bytes in the declared encoding (any frame size).
+
+        A float frame with NaN or inf samples gives a ``bad_audio`` error; its samples are
+        dropped, but not its duration, so later times stay those of the client's stream.
+
+        Raises:
+            SessionError: the session no longer takes audio (after ``eos`` or a close).
+        """
         self._require(SessionState.STREAMING, "feed audio")
+        held = self._decoder.pending_bytes
         try:
             samples = self._decoder.feed(data)
         except BadAudio as exc:
-            return Output(messages=[Error(ErrorCode.BAD_AUDIO.value, f"{exc}; frame dropped")])
-        self._input_samples += len(samples)
-        return self._on_events(self._segmenter.feed(self._resampler.process(samples)))
+            # Times count from the client's first sample, so the dropped frame keeps its
+            # duration. It is filled by repeating the last good frame, not with zeros: digital
+            # silence would drag the VAD's noise floor down and shift the next segment's start.
+            count = (held + len(data) - self._decoder.pending_bytes) // self.params.encoding.sample_width
+            filler = np.resize(self._last_good, count) if len(self._last_good) else np.zeros(count, np.float32)
+            out = Output(messages=[Error(ErrorCode.BAD_AUDIO.value, str(exc))])
+            return out.extend(self._process(filler))
+        if len(samples):
+            self._last_good = samples
+        return self._process(samples)
 
     def text(self, text: str) -> Output:
         """A client text frame: finalize / eos / keepalive, or a bad_message error."""
@@ -242,6 +258,10 @@ class Session:
     @staticmethod
     def _sec(sample: int) -> float:
         return round(sample / SAMPLE_RATE, 3)
+
+    def _process(self, samples: np.ndarray) -> Output:
+        self._input_samples += len(samples)
+        return self._on_events(self._segmenter.feed(self._resampler.process(samples)))
 
     def _on_events(self, events: list[SegmentEvent]) -> Output:
         out = Output()

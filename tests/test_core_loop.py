@@ -56,7 +56,8 @@ class FakeEngine:
                 future.set_exception(EngineError(f"poisoned batch of {len(seeds)}"))
             else:
                 timings = PhaseTimings(0.0, 0.0, 0.0, 1.0, len(seeds))
-                future.set_result([TranscribeResult(f"text {s}", (s,), r.steps, timings) for s, r in zip(seeds, requests)])
+                results = [TranscribeResult(f"text {s}", (s,), r.steps, timings) for s, r in zip(seeds, requests)]
+                future.set_result(results)
 
         if self.threaded:
             threading.Thread(target=resolve, daemon=True).start()

@@ -373,3 +373,26 @@ def test_server_sigterm_finalizes_open_segments_and_exits_zero(speech, tmp_path)
     types = [m.type for m in messages if m.type != "partial"]
     assert types == ["speech_started", "speech_stopped", "final", "closed"], types
     assert messages[-1].reason == "shutdown" and code == 1000
+
+
+def test_server_splits_speech_longer_than_the_model_window_into_contiguous_segments(tiny_engine):
+    """Continuous speech longer than the model's 8 s window is cut into <= 7.5 s segments, none lost."""
+    from audio_fixtures import espeak
+
+    text = ("This is one long run of speech without any real pause in it, which keeps going on and on "
+            "so that the segment would grow past the window of the model, and the server has to cut it "
+            "at a quiet point near the end of what the model can take at once, then carry on.")
+    audio = np.concatenate([espeak(text), np.zeros(16000, np.float32)])
+    assert len(audio) / 16000 > 15
+
+    async def scenario():
+        async with running_server(tiny_engine) as srv:
+            return await stream(f"ws://127.0.0.1:{srv.port}", audio)
+
+    log = _run(scenario())
+    assert_protocol_order(log)
+    finals = log.of("final")
+    assert len(finals) >= 3
+    assert all(f.end - f.start <= 7.5 + 1e-3 for f in finals), [(f.start, f.end) for f in finals]
+    forced = [(a, b) for a, b in zip(finals, finals[1:]) if abs(a.end - b.start) < 1e-3]
+    assert len(forced) >= 2  # forced splits: the next segment starts exactly where the last one ended

@@ -201,6 +201,24 @@ def test_session_drops_older_draft_result_when_newer_partial_was_sent(
     assert session.job_done(newer, result("the quick brown", 2)).messages == []  # a repeat is no news
 
 
+@pytest.mark.parametrize("warm", [True, False])
+def test_session_warm_starts_later_jobs_from_partial_canvas_when_enabled(
+    three: tuple[np.ndarray, list[tuple[float, float]]], warm: bool
+) -> None:
+    """With warm_start, jobs after a partial start from its canvas; without, from scratch."""
+    audio, truth = three
+    params = ListenParams(language="en")
+    session = Session("s1", params, SessionConfig("tiny", 2, 16, warm_start=warm), clock=Clock())
+    data = encode(audio, Encoding.PCM_S16LE)
+    split = 2 * round((truth[0][0] + 1.0) * SR)
+    first = feed(session, data[:split])
+    assert all(j.request.start_canvas is None for j in first.jobs)
+    session.job_done(of_kind(first.jobs, JobKind.DRAFT)[-1], result("the quick", 2))
+    later = [j for j in feed(session, data[split:]).jobs if j.segment == 0]
+    assert [j.kind for j in later][-1] is JobKind.FINAL and len(later) >= 2
+    assert [j.request.start_canvas for j in later] == [(1, 2, 3) if warm else None] * len(later)
+
+
 def test_session_measures_final_latency_from_segment_close_when_clock_advances(
     three: tuple[np.ndarray, list[tuple[float, float]]],
 ) -> None:
@@ -317,21 +335,31 @@ def test_session_reports_bad_message_and_keeps_working_when_text_is_malformed(
 def test_session_drops_frame_with_bad_audio_error_when_float_frame_has_nan(
     three: tuple[np.ndarray, list[tuple[float, float]]],
 ) -> None:
-    """A NaN float frame gives a bad_audio error; the stream's later speech still segments."""
+    """A NaN float frame gives one bad_audio error; later speech still segments, on time.
+
+    Times count from the client's first sample, so the dropped frame must keep its
+    duration: segments after it have the same boundaries as in the clean stream.
+    """
     audio, truth = three
-    session = make_session(Encoding.PCM_F32LE)
     data = encode(audio, Encoding.PCM_F32LE)
-    bad = np.zeros(1600, np.float32)
-    bad[100] = np.nan
+    clean = spans(feed(make_session(Encoding.PCM_F32LE), data).messages)
+    session = make_session(Encoding.PCM_F32LE)
     gap = 4 * round((truth[0][1] + 0.7) * SR)  # in the pause after sentence 0
+    bad = np.frombuffer(data[gap : gap + 6400], "<f4").copy()
+    bad[100] = np.nan
     first = feed(session, data[:gap])
-    out = session.feed(bad.astype("<f4").tobytes())
+    out = session.feed(bad.tobytes())
     assert len(out.messages) == 1 and not out.jobs
-    assert isinstance(out.messages[0], Error) and out.messages[0].code == ErrorCode.BAD_AUDIO
-    assert "NaN" in out.messages[0].message
-    rest = feed(session, data[gap:])
-    assert len(spans(first.messages + rest.messages)) == 3
+    error = out.messages[0]
+    assert isinstance(error, Error) and error.code == ErrorCode.BAD_AUDIO and not error.fatal
+    assert "NaN" in error.message and error.message.count("frame dropped") == 1
+    rest = feed(session, data[gap + 6400 :])
+    segments = spans(first.messages + rest.messages)
+    assert len(segments) == 3
+    for (start, end), (ref_start, ref_end) in zip(segments, clean):
+        assert abs(start - ref_start) <= 0.03 and abs(end - ref_end) <= 0.03
     assert len(of_kind(first.jobs + rest.jobs, JobKind.FINAL)) == 3
+    assert session.audio_seconds == pytest.approx(len(audio) / SR)
 
 
 def test_session_sends_error_then_empty_final_when_final_job_fails(

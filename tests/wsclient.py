@@ -18,8 +18,8 @@ from server.protocol import ServerMessage, parse_server_message
 
 @contextlib.asynccontextmanager
 async def running_server(engine: Engine, **overrides) -> AsyncIterator[DgasrServer]:
-    """A DgasrServer on a free port of 127.0.0.1 over an already started engine."""
-    config = ServerConfig(port=0, **overrides)
+    """A DgasrServer on 127.0.0.1 over an already started engine: a free port unless ``port=`` is given."""
+    config = ServerConfig(**{"port": 0, **overrides})
     server = DgasrServer(config, engine)
     await server.start()
     try:
@@ -89,6 +89,13 @@ async def stream(
 
 def assert_protocol_order(log: SessionLog) -> None:
     """Every guarantee of docs/protocol.md that can be read off one session's messages."""
+    assert_event_order(log.messages)
+    assert log.close_code == 1000
+
+
+def assert_event_order(messages: list[ServerMessage]) -> None:
+    """The ordering guarantees of one session's events (a websocket log or a client's jsonl)."""
+    log = SessionLog(list(messages))
     types = log.types
     assert types[0] == "ready", types
     assert types[-1] == "closed", types
@@ -113,4 +120,3 @@ def assert_protocol_order(log: SessionLog) -> None:
     assert log.messages[-1].segments == len(started)
     for f in log.of("final"):
         assert f.start <= f.end and f.latency_ms >= 0
-    assert log.close_code == 1000

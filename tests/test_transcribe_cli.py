@@ -1,0 +1,81 @@
+"""dgasr-transcribe: files in, one transcript line per file, long files split at quiet points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+from audio_fixtures import speech_with_pauses
+
+from server.audio import split_long_audio
+from server.engine import TranscribeRequest
+from server.engine.denoise import run_batch
+from server.engine.tiny import build_tiny_random
+from server.transcribe_cli import main, read_audio
+
+LONG = ["This recording is longer than the model window.", 0.7, "So the tool must cut it into pieces.", 0.7,
+        "Each cut should fall into a pause between words.", 0.7, "And the pieces come back in order."]
+
+
+def test_transcribe_prints_one_line_per_file_in_order_and_splits_long_files(tmp_path, capsys):
+    """A 16 s file (window 8 s) is cut into pieces at pauses; each file gives exactly one line, in order."""
+    long_audio, truth = speech_with_pauses(LONG)
+    short_audio, _ = speech_with_pauses(["Short one."])
+    sf.write(tmp_path / "long.flac", long_audio, 16000)
+    sf.write(tmp_path / "short.wav", np.stack([short_audio, short_audio], axis=1), 16000)  # stereo
+    assert main(["--model", "tiny-random", "--steps", "4", str(tmp_path / "long.flac"), str(tmp_path / "short.wav")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+
+    model = build_tiny_random(seed=0)
+    expected = []
+    for path in (tmp_path / "long.flac", tmp_path / "short.wav"):
+        audio = read_audio(str(path))
+        pieces = split_long_audio(audio, 16000, model.spec.window_seconds)
+        texts = [r.text for r in run_batch(model, [TranscribeRequest(audio[a:b], 4) for a, b in pieces])]
+        expected.append(" ".join(t for t in texts if t))
+        if path.name == "long.flac":
+            assert len(pieces) >= 2
+            gaps = [(truth[i][1], truth[i + 1][0]) for i in range(len(truth) - 1)]
+            for _, cut in pieces[:-1]:  # every cut lands inside a pause, not inside a word
+                assert any(g0 - 0.05 <= cut / 16000 <= g1 + 0.05 for g0, g1 in gaps), (cut / 16000, gaps)
+    assert lines == expected
+
+
+def test_transcribe_exits_2_with_one_line_for_an_unreadable_file(tmp_path, capsys):
+    """A file soundfile cannot read is named in a one-line error, exit code 2, nothing on stdout."""
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not audio")
+    assert main(["--model", "tiny-random", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "cannot read" in captured.err and "notes.txt" in captured.err
+
+
+def test_transcribe_exits_1_with_the_hub_message_when_weights_are_missing_offline(tmp_path):
+    """The real model offline with an empty cache: exit 1, one line naming repo, licence and token."""
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_TOKEN", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.transcribe_cli", "--model", "diffusion-gemma-asr-small", "--device", "cpu", str(wav)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dgasr-transcribe:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "openai/whisper-small" in lines[0] and "HF_TOKEN" in lines[0] and "licence" in lines[0]
+
+
+def test_transcribe_auto_model_without_gpu_says_what_to_use(tmp_path):
+    """--model auto on a machine without CUDA (and no embedded model) explains the choices."""
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    proc = subprocess.run([sys.executable, "-m", "server.transcribe_cli", str(wav)], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 1
+    assert "no CUDA GPU" in proc.stderr and "tiny-random" in proc.stderr
