@@ -61,6 +61,23 @@ class _SeededSampler(EntropyBoundSampler):
         )
 
 
+def _schedule(logits: torch.Tensor, remaining: list[int], totals: list[int], settings) -> torch.Tensor:
+    """Each row's temperature from its own step count, in one division.
+
+    Same arithmetic as transformers' LinearTemperatureScheduleLogitsProcessor (int32 step
+    over step count, then t_min + (t_max - t_min) * ratio in float32), vectorised so that
+    mixed step counts cost no extra copy of the logits. When every row has the same step
+    count the processor itself is used.
+    """
+    device = logits.device
+    if len(set(totals)) == 1 and len(set(remaining)) == 1:
+        processor = LinearTemperatureScheduleLogitsProcessor(settings.t_min, settings.t_max, totals[0])
+        return processor(None, logits, cur_step=torch.tensor(remaining[0], dtype=torch.int32, device=device))
+    ratio = torch.tensor(remaining, dtype=torch.int32, device=device) / torch.tensor(totals, dtype=torch.int32, device=device)
+    temperature = settings.t_min + (settings.t_max - settings.t_min) * ratio
+    return logits / temperature[:, None, None]
+
+
 def validate_request(model: AsrModel, request: TranscribeRequest) -> None:
     """Raise :class:`InvalidRequest` (or :class:`AudioTooLong`) with a readable reason."""
     spec = model.spec
@@ -150,7 +167,6 @@ def denoise(
         StableAndConfidentStoppingCriteria(settings.stability_threshold, settings.confidence_threshold)
         for _ in steps
     ]
-    schedules = {n: LinearTemperatureScheduleLogitsProcessor(settings.t_min, settings.t_max, n) for n in set(steps)}
     rows = [
         start.to(device).view(1, length) if start is not None else
         torch.randint(0, vocab, (1, length), device=device, generator=g)
@@ -180,16 +196,8 @@ def denoise(
             past_key_values=cache,
             decoder_position_ids=positions,
         ).logits
-        processed = torch.cat(
-            [
-                schedules[steps[r]](
-                    None,
-                    logits[j : j + 1],
-                    cur_step=torch.tensor(steps[r] - steps_run[r], dtype=torch.int32, device=device),
-                )
-                for j, r in enumerate(active)
-            ]
-        )
+        processed = _schedule(logits, [steps[r] - steps_run[r] for r in active], [steps[r] for r in active], settings)
+        del logits  # (batch, canvas, vocab) floats: on the real model several GB per copy
         probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
         sampled = torch.cat(
             [torch.multinomial(probs[j], 1, generator=generators[r]).view(1, length) for j, r in enumerate(active)]
