@@ -5,8 +5,8 @@ How this works
 :class:`MicSource` opens a PortAudio input stream on the chosen device at the device's
 own default rate, with up to two channels, and yields mono wire chunks like the other
 sources in :mod:`client.sources`. The stream is built by ``stream_factory`` (by default
-``sounddevice.InputStream``), so tests inject an object with the same contract, since CI
-has no sound card.
+``sounddevice.InputStream``), so tests can inject an object with the same contract where
+they must decide exactly when blocks arrive (a stalled loop, an unplugged device).
 
 PortAudio calls the audio callback on its own thread, and the callback must never block
 or PortAudio itself drops input. So it only downmixes (which copies: PortAudio reuses
@@ -164,7 +164,7 @@ class MicSource:
     device=, channels=, dtype="float32", callback=, finished_callback=)`` and must return
     an object with ``start()``, ``stop()`` and ``close()`` that calls
     ``callback(indata, frames, time, status)`` with ``(frames, channels)`` float32 blocks.
-    Tests inject a fake there, since CI has no sound card.
+    Tests inject a scripted stream there to time blocks exactly.
     """
 
     def __init__(

@@ -18,8 +18,9 @@ and a final's end *commits* (frees) the audio before it. When a connection drops
 next one replays the backlog from its oldest uncommitted chunk, so the segment that was
 open is transcribed again and nothing spoken meanwhile is lost. Event times from a
 replaying connection are shifted by where its audio starts, so timestamps stay on one
-timeline. Reconnects back off exponentially (``Retry-After`` wins on 503) and give up
-after ``max_attempts`` failures in a row.
+timeline, and its segment ids continue after the last final (the segment that was open
+starts again under its old id). Reconnects back off exponentially (``Retry-After`` wins
+on 503) and give up after ``max_attempts`` failures in a row.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ class _Live:
         self.failures = 0
         self.offset = 0.0  # stream time where the current connection's audio starts
         self.segment_base = 0  # segment ids continue across connections
-        self.next_segment = 0
+        self.next_segment = 0  # the id after the last final
         self.fatal: Error | None = None
 
     async def pump(self, chunks: AsyncIterator[bytes]) -> None:
@@ -387,9 +388,11 @@ class _Live:
         shifted = shift_times(message, self.offset, self.segment_base)
         if isinstance(shifted, Error) and shifted.fatal:
             self.fatal = shifted
-        if hasattr(shifted, "segment"):
-            self.next_segment = max(self.next_segment, shifted.segment + 1)  # type: ignore[union-attr]
         if isinstance(shifted, Final):
+            # Only a final advances the ids: a segment cut off by a drop is replayed by the
+            # next connection and started again under the same id, so each id still gets
+            # exactly one final and the ids of finals stay 0, 1, 2, ...
+            self.next_segment = shifted.segment + 1
             self.backlog.commit(shifted.end)
             self.failures = 0  # the server is doing real work again
         self.on_event(shifted)

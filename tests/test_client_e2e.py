@@ -119,14 +119,17 @@ def _cues_per_final(cues: list[tuple[int, int, str]], finals_: list[Final]) -> l
     return groups
 
 
-def test_cli_writes_srt_and_vtt_cues_matching_the_finals_when_output_is_a_file(
+def test_cli_writes_text_srt_and_vtt_matching_the_finals_when_output_is_a_file(
     server: ServerThread, speech, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--output srt/vtt: valid files whose cues span each final exactly and carry its text."""
+    """text: a line per final; --output srt/vtt: valid files whose cues span each final exactly, with its text."""
     path = write_wav(tmp_path / "talk.wav", speech[0])
     code, out, _ = _run(capsys, "--url", server.url, "--format", "jsonl", "--no-interim", str(path))
     reference = [f for f in finals(parse_jsonl(out)) if f.text.strip()]
     assert code == 0 and len(reference) == 3
+
+    code, out, err = _run(capsys, "--url", server.url, "--format", "text", str(path))
+    assert (code, err) == (0, "") and out == "".join(" ".join(f.text.split()) + "\n" for f in reference)
 
     for fmt in ("srt", "vtt"):
         target = tmp_path / f"talk.{fmt}"
@@ -215,3 +218,29 @@ def test_cli_writes_every_sent_final_and_exits_0_when_interrupted_during_realtim
     assert cut - 0.2 <= got[2][1] < truth[2][1] - 0.3
     closed = closes(events)[0]
     assert closed.reason == "eos" and closed.audio_seconds < len(audio) / SAMPLE_RATE - 1.0
+
+
+def test_cli_exits_1_with_every_final_written_when_server_shuts_down_during_a_file(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    """Server stopped (as by SIGTERM) mid-sentence: its finals and closed (shutdown) are written, then exit 1."""
+    audio, truth = speech_with_pauses(SHORT)
+    path = write_wav(tmp_path / "short.wav", audio)
+    proc = client_process("--url", server.url, "--format", "jsonl", "--realtime", "-v", str(path))
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("dgasr-client: connected: session"), first
+        time.sleep(truth[1][0] + 0.5)
+        server.stop()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert err.splitlines()[-1] == "dgasr-client: server ended the session before the input did (shutdown)"
+    events = parse_jsonl(out)
+    assert_event_order(events)
+    assert events[-1].reason == "shutdown"
+    s1, s2 = spans(events)
+    assert_near([s1], truth[:1])
+    assert abs(s2[0] - truth[1][0]) <= 0.45 and s2[1] < truth[1][1] - 0.3  # the open sentence, as far as sent

@@ -1,230 +1,46 @@
-"""dgasr-client's websocket session against a small in-process stand-in server.
+"""dgasr-client's websocket side against the real server: refusals, Ctrl-C, reconnects, replay.
 
-The stand-in speaks protocol v1 (ready, final per 0.5 s of audio, closed after eos) so the
-client's connect, refusal, Ctrl-C and reconnect paths run without the model; the real
-server's end-to-end tests live elsewhere.
+The server is the real one (tiny-random engine), in-process: :func:`wsclient.running_server`
+on the test's own loop, or :class:`clientkit.ServerThread` when ``cli.main`` needs the main
+thread. Stand-ins remain only for what the real server never does (accept and then stay
+silent); each such test says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator
-from http import HTTPStatus
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
+from audio_fixtures import SAMPLE_RATE, speech_with_pauses
+from clientkit import ServerThread, assert_near, spans, write_wav
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Response
+from websockets.sync.client import connect as sync_connect
+from wsclient import assert_event_order, encode, running_server
 
 from client import cli
-from client.mic import MicSource
 from client.feeds import Backlog, IteratorFeed
 from client.session import ClientError, ExitCode, build_url, converse, open_connection, run_live
-from server.protocol import Closed, Final, ListenParams, Ready, ServerMessage
+from server.protocol import Closed, Final, ListenParams, ServerMessage
 
-RATE = 16000
-BPS = RATE * 2
-SEG_BYTES = BPS // 2  # the stand-in finalizes every 0.5 s of audio
-
-
-class StandIn:
-    """Protocol v1 server double: one final per 0.5 s of audio, optional first-connection drop."""
-
-    def __init__(self, drop_first_after: int | None = None, shut_down_after: int | None = None) -> None:
-        self.drop_first_after = drop_first_after
-        self.shut_down_after = shut_down_after  # the whole server goes away: reconnects fail
-        self.server = None
-        self.connections: list[bytearray] = []
-        self.eos_seen = 0
-
-    def refuse(self, conn: ServerConnection, request) -> Response | None:
-        if "sample_rate=8001" in request.path:
-            body = {"error": "bad_request", "field": "sample_rate", "message": "odd rate not allowed"}
-            return Response(400, "Bad Request", Headers({"Content-Type": "application/json"}), json.dumps(body).encode())
-        if "language=zh" in request.path:  # stands for "server full"
-            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, '{"error": "overloaded", "message": "full"}\n')
-        return None
-
-    async def handle(self, ws: ServerConnection) -> None:
-        audio = bytearray()
-        self.connections.append(audio)
-        index, done = len(self.connections), 0
-        await ws.send(Ready("s%d" % index, "stand-in", RATE, "pcm_s16le", None, 2, 8).to_json())
-        async for frame in ws:
-            if isinstance(frame, bytes):
-                audio += frame
-                if self.shut_down_after and len(audio) >= self.shut_down_after:
-                    self.server.close()
-                    return
-                if index == 1 and self.drop_first_after and len(audio) >= self.drop_first_after:
-                    await ws.close(1011, "stand-in drop")
-                    return
-                while len(audio) - done >= SEG_BYTES:
-                    await ws.send(self._final(done, done + SEG_BYTES).to_json())
-                    done += SEG_BYTES
-            elif json.loads(frame)["type"] == "eos":
-                self.eos_seen += 1
-                if len(audio) > done:
-                    await ws.send(self._final(done, len(audio)).to_json())
-                await ws.send(Closed("eos", 1, len(audio) / BPS).to_json())
-                await ws.close()
-                return
-
-    @staticmethod
-    def _final(a: int, b: int) -> Final:
-        return Final(a // SEG_BYTES, f"words {a / BPS:.1f}", a / BPS, b / BPS, 8, "en", 1.0)
+BPS = SAMPLE_RATE * 2
+CHUNK = BPS // 10  # 100 ms of s16le, what the client sends per frame
+THREE = [0.3, "Hello there.", 0.7, "The quick brown fox jumps over the lazy dog.", 0.7, "Good morning.", 0.8]
 
 
-async def _serve(stand_in: StandIn):
-    server = await serve(stand_in.handle, "127.0.0.1", 0, process_request=stand_in.refuse)
-    stand_in.server = server
-    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-
-def _wav(tmp_path: Path, seconds: float) -> Path:
-    path = tmp_path / "a.wav"
-    sf.write(path, (np.sin(np.arange(int(seconds * RATE)) / 9) * 8000).astype(np.int16), RATE)
-    return path
+def _chunks(audio: np.ndarray) -> list[bytes]:
+    data = encode(audio)
+    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
 def test_build_url_adds_listen_path_and_query_when_given_base_address() -> None:
     """--url ws://host:port gets /v1/listen and the declared parameters."""
     url = build_url("http://h:1/", ListenParams(sample_rate=8000, language="de"))
     assert url == "ws://h:1/v1/listen?sample_rate=8000&encoding=pcm_s16le&interim_results=true&language=de"
-
-
-def test_cli_prints_finals_and_sends_eos_when_file_ends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A 1.2 s file gives three finals on stdout, eos at the end, exit 0."""
-
-    async def run() -> int:
-        stand_in = StandIn()
-        server, url = await _serve(stand_in)
-        async with server:
-            code = await asyncio.to_thread(cli.main, ["--url", url, "--format", "text", str(_wav(tmp_path, 1.2))])
-        assert stand_in.eos_seen == 1 and len(stand_in.connections[0]) == int(1.2 * BPS)
-        return code
-
-    assert asyncio.run(run()) == 0
-    assert capsys.readouterr().out == "words 0.0\nwords 0.5\nwords 1.0\n"
-
-
-@pytest.mark.parametrize(
-    ("language", "rate", "expected"),
-    [
-        ("en", 8001, "server refused the connection (HTTP 400 Bad Request): sample_rate: odd rate not allowed"),
-        ("zh", 16000, "server is busy (HTTP 503): full"),
-    ],
-)
-def test_open_connection_shows_server_message_when_refused(language: str, rate: int, expected: str) -> None:
-    """HTTP 400/503 at the handshake become one line with the server's JSON message."""
-
-    params = ListenParams(language=language)
-    object.__setattr__(params, "sample_rate", rate)  # bypass validation to provoke the 400
-
-    async def run_with() -> ClientError:
-        server, url = await _serve(StandIn())
-        async with server:
-            with pytest.raises(ClientError) as info:
-                await open_connection(url, params)
-            return info.value
-
-    error = asyncio.run(run_with())
-    assert str(error) == expected and error.code is ExitCode.SERVER
-
-
-def test_cli_exits_4_with_one_line_when_server_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Nothing listening on the port: one stderr line, exit code 4."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again before the client connects
-    assert cli.main(["--url", f"ws://127.0.0.1:{port}", str(_wav(tmp_path, 0.2))]) == 4
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"dgasr-client: cannot reach server at ws://127.0.0.1:{port}")
-
-
-def test_converse_sends_eos_and_collects_finals_when_stopped_midway() -> None:
-    """Ctrl-C (stop) cuts the input, sends eos and still returns the finals up to there."""
-
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            await asyncio.sleep(0.01)
-            yield b"\0" * (BPS // 10)
-
-    async def run() -> tuple[list[ServerMessage], int]:
-        stand_in = StandIn()
-        server, url = await _serve(stand_in)
-        events: list[ServerMessage] = []
-        stop = asyncio.Event()
-        asyncio.get_running_loop().call_later(0.3, stop.set)
-        async with server:
-            async with await open_connection(url, ListenParams()) as ws:
-                outcome = await converse(ws, IteratorFeed(endless()), events.append, stop)
-        assert outcome.eos_sent and isinstance(outcome.closed, Closed)
-        return events, stand_in.eos_seen
-
-    events, eos_seen = asyncio.run(run())
-    finals = [e for e in events if isinstance(e, Final)]
-    assert eos_seen == 1 and finals and isinstance(events[-1], Closed)
-    assert finals[-1].end == events[-1].audio_seconds
-
-
-def test_run_live_replays_uncommitted_audio_when_connection_drops() -> None:
-    """After a drop the next connection re-sends audio from the last final on; times stay continuous."""
-    chunk = BPS // 10  # 100 ms
-
-    async def mic() -> AsyncIterator[bytes]:
-        for i in range(20):  # 2 s of "speech", each chunk tagged with its index
-            yield np.full(chunk // 2, i, dtype="<i2").tobytes()
-            await asyncio.sleep(0.005)
-
-    async def run() -> tuple[StandIn, list[ServerMessage]]:
-        stand_in = StandIn(drop_first_after=int(0.8 * BPS))  # a final at 0.5 s, then a drop at 0.8 s
-        server, url = await _serve(stand_in)
-        events: list[ServerMessage] = []
-        async with server:
-            await run_live(url, ListenParams(), mic(), lambda: None, events.append, asyncio.Event(),
-                           warn=lambda _: None, base_delay=0.01)
-        return stand_in, events
-
-    stand_in, events = asyncio.run(run())
-    first, second = (np.frombuffer(bytes(c), dtype="<i2") for c in stand_in.connections)
-    assert first[0] == 0 and second[0] == 5  # the replay starts where the 0.0-0.5 final ended
-    assert np.array_equal(np.unique(second), np.arange(5, 20))
-    finals = [(f.start, f.end) for f in events if isinstance(f, Final)]
-    assert finals == [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.0)]
-
-
-def test_run_live_gives_up_after_bounded_attempts_when_server_stays_down() -> None:
-    """A server that vanishes is retried max_attempts times with backoff, then reported unreachable."""
-    warnings: list[str] = []
-
-    async def mic() -> AsyncIterator[bytes]:
-        while True:
-            yield b"\0" * (BPS // 10)
-            await asyncio.sleep(0.005)
-
-    async def run() -> ClientError:
-        stand_in = StandIn(shut_down_after=int(0.3 * BPS))
-        server, url = await _serve(stand_in)
-        async with server:
-            with pytest.raises(ClientError) as info:
-                await run_live(url, ListenParams(), mic(), lambda: None, lambda _: None, asyncio.Event(),
-                               warn=warnings.append, max_attempts=3, base_delay=0.1)
-        return info.value
-
-    error = asyncio.run(run())
-    assert error.code is ExitCode.UNREACHABLE and "cannot reach server" in str(error)
-    assert [w.split("reconnecting in")[1][:4] for w in warnings] == [" 0.1", " 0.2", " 0.4"]  # exponential
-    assert [w.split("(attempt ")[1][:3] for w in warnings] == ["1/3", "2/3", "3/3"]
 
 
 def test_backlog_keeps_only_uncommitted_audio_when_finals_arrive() -> None:
@@ -239,60 +55,232 @@ def test_backlog_keeps_only_uncommitted_audio_when_finals_arrive() -> None:
     assert backlog.kept_seconds == pytest.approx(1.0) and backlog.first_seq == 8
 
 
-class _ThreadedStandIn:
-    """The stand-in on its own loop thread, so cli.main can own the main thread (and SIGINT)."""
-
-    def __init__(self) -> None:
-        self.stand_in = StandIn()
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.server, self.url = asyncio.run_coroutine_threadsafe(_serve(self.stand_in), self.loop).result(5)
-
-    def close(self) -> None:
-        self.server.close()
-        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+def test_cli_exits_4_with_one_line_when_server_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listening on the port: one stderr line, exit code 4."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the client connects
+    wav = write_wav(tmp_path / "a.wav", np.zeros(3200, np.float32))
+    assert cli.main(["--url", f"ws://127.0.0.1:{port}", str(wav)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dgasr-client: cannot reach server at ws://127.0.0.1:{port}")
 
 
-def test_cli_mic_sends_captured_audio_then_eos_when_interrupted(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("path", "max_sessions", "expected"),
+    [
+        ("/v1/listen?bogus=1", 64, "server refused the connection (HTTP 400 Bad Request): bogus: unknown parameter; "
+                                   "known: draft_steps, encoding, final_steps, interim_results, language, sample_rate"),
+        ("", 1, "server is busy (HTTP 503); retry after 2 s: server is full (1 sessions)"),
+    ],
+    ids=["http-400-bad-parameter", "http-503-full"],
+)
+def test_cli_exits_1_with_the_servers_message_when_refused(
+    tiny_engine, tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str, max_sessions: int, expected: str
 ) -> None:
-    """--mic with Ctrl-C: every block captured before SIGINT reaches the server, then eos; exit 0."""
-    pushed: list[int] = []
-
-    class PushingStream:
-        """A capture stream (no sound card on CI) whose thread delivers 30 blocks, then hits Ctrl-C."""
-
-        def __init__(self, *, samplerate, blocksize, device, channels, dtype, callback, finished_callback):
-            self.blocksize, self.callback = blocksize, callback
-
-        def start(self) -> None:
-            threading.Thread(target=self._run, daemon=True).start()
-
-        def _run(self) -> None:
-            for i in range(30):
-                self.callback(np.full((self.blocksize, 1), i / 100, dtype=np.float32), self.blocksize, None, None)
-                pushed.append(i)
-                time.sleep(0.002)
-            os.kill(os.getpid(), signal.SIGINT)
-
-        def stop(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    class FakeMic(MicSource):
-        def __init__(self, device, **kwargs) -> None:
-            super().__init__(device, sample_rate=RATE, channels=1, stream_factory=PushingStream, **kwargs)
-
-    monkeypatch.setattr(cli, "MicSource", FakeMic)
-    server = _ThreadedStandIn()
+    """The real server's 400 (unknown parameter) and 503 (full) become one stderr line with its message, exit 1."""
+    server = ServerThread(tiny_engine, max_sessions=max_sessions)
+    wav = write_wav(tmp_path / "a.wav", np.zeros(3200, np.float32))
     try:
-        code = cli.main(["--url", server.url, "--mic", "--format", "text"])
+        with sync_connect(f"{server.url}/v1/listen") as held:  # one session open: full when max_sessions=1
+            assert '"ready"' in held.recv(timeout=10)
+            code = cli.main(["--url", server.url + path, str(wav)])
     finally:
         server.close()
-    assert code == 0, capsys.readouterr().err
-    audio = np.frombuffer(bytes(server.stand_in.connections[0]), dtype="<i2")
-    assert len(audio) == 30 * RATE // 10 and server.stand_in.eos_seen == 1
-    assert capsys.readouterr().out == "".join(f"words {t / 10:.1f}\n" for t in range(0, 30, 5))
+    captured = capsys.readouterr()
+    assert (code, captured.out, captured.err) == (1, "", f"dgasr-client: {expected}\n")
+
+
+def test_converse_sends_eos_and_collects_finals_when_stopped_midway(tiny_engine) -> None:
+    """Ctrl-C (stop) mid-sentence ends the input, sends eos, and still returns the final of the cut sentence."""
+    audio, truth = speech_with_pauses(THREE)
+    chunks = _chunks(audio[: int((truth[1][0] + 1.0) * SAMPLE_RATE)])  # a second into sentence two
+
+    async def scenario() -> tuple[list[ServerMessage], bool]:
+        stop = asyncio.Event()
+
+        async def source() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                await asyncio.sleep(0.002)
+                yield chunk
+            stop.set()  # the user's Ctrl-C; the input itself would go on
+            await asyncio.Event().wait()
+
+        events: list[ServerMessage] = []
+        async with running_server(tiny_engine) as srv:
+            async with await open_connection(f"ws://127.0.0.1:{srv.port}", ListenParams()) as ws:
+                outcome = await converse(ws, IteratorFeed(source()), events.append, stop)
+        return events, outcome.eos_sent
+
+    events, eos_sent = asyncio.run(scenario())
+    assert eos_sent
+    assert_event_order(events)
+    closed = events[-1]
+    assert closed.reason == "eos" and closed.audio_seconds == pytest.approx(sum(map(len, chunks)) / BPS)
+    (s1, s2) = spans(events)
+    assert_near([s1], truth[:1])
+    assert abs(s2[0] - truth[1][0]) <= 0.45 and s2[1] == pytest.approx(closed.audio_seconds, abs=0.1)
+
+
+def test_run_live_gives_up_after_bounded_attempts_when_server_stays_down(tiny_engine) -> None:
+    """The real server shuts down (closed: shutdown) and stays down: 3 reconnects with backoff, then exit code 4."""
+    warnings: list[str] = []
+    audio, _ = speech_with_pauses(THREE)
+
+    async def scenario() -> ClientError:
+        async with running_server(tiny_engine) as srv:
+
+            async def mic() -> AsyncIterator[bytes]:
+                for i, chunk in enumerate(_chunks(audio) * 10):
+                    if i == 10:
+                        asyncio.create_task(srv.shutdown())  # what SIGTERM does
+                    yield chunk
+                    await asyncio.sleep(0.005)
+
+            with pytest.raises(ClientError) as info:
+                await run_live(f"ws://127.0.0.1:{srv.port}", ListenParams(), mic(), lambda: None, lambda _: None,
+                               asyncio.Event(), warn=warnings.append, max_attempts=3, base_delay=0.1)
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert error.code is ExitCode.UNREACHABLE and "cannot reach server" in str(error)
+    assert warnings[0].startswith("server ended the session (shutdown); reconnecting in 0.1 s (attempt 1/3)")
+    assert all(w.startswith("cannot reach server") for w in warnings[1:])
+    assert [w.split("reconnecting in ")[1][:5] for w in warnings] == ["0.1 s", "0.2 s", "0.4 s"]  # exponential
+    assert len(warnings) == 3
+
+
+class FlakyNetwork:
+    """The TCP path between the client and the real server, which :meth:`cut` breaks like a failing network.
+
+    Not a server stand-in: it forwards bytes to the real server. It exists because the
+    real server never drops a connection without ``closed`` by itself; a network does.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.upstream: list[int] = []  # bytes sent by the client, per connection
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        index = len(self.upstream)
+        self.upstream.append(0)
+        self._links.append((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
+            with suppress(ConnectionError):
+                while data := await src.read(65536):
+                    self.upstream[index] += len(data) if count else 0
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+    def cut(self) -> None:
+        """Drop every live connection at once: no close frame, no FIN, to either side."""
+        for a, b in self._links:
+            a.transport.abort()
+            b.transport.abort()
+        self._links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def test_run_live_replays_uncommitted_audio_when_the_network_drops(tiny_engine) -> None:
+    """A dropped connection mid-sentence: the next one replays from the last final, so that sentence is whole."""
+    audio, truth = speech_with_pauses(THREE)
+    chunks = _chunks(audio)
+    cut_at = int((truth[1][0] + 0.8) * 10)  # chunk index 0.8 s into sentence two
+    warnings: list[str] = []
+
+    async def scenario() -> tuple[list[ServerMessage], list[int]]:
+        events: list[ServerMessage] = []
+        first_final = asyncio.Event()
+
+        def on_event(message: ServerMessage) -> None:
+            events.append(message)
+            if isinstance(message, Final):
+                first_final.set()
+
+        async with running_server(tiny_engine) as srv:
+            network = FlakyNetwork(srv.port)
+            url = await network.start()
+
+            async def mic() -> AsyncIterator[bytes]:
+                for i, chunk in enumerate(chunks):
+                    if i == cut_at:
+                        await first_final.wait()  # sentence one is final (committed) before the drop
+                        network.cut()
+                    yield chunk
+                    await asyncio.sleep(0.01)
+
+            closed = await run_live(url, ListenParams(), mic(), lambda: None, on_event, asyncio.Event(),
+                                    warn=warnings.append, base_delay=0.05)
+            await network.close()
+        assert isinstance(closed, Closed) and closed.reason == "eos"
+        return events, network.upstream
+
+    events, upstream = asyncio.run(scenario())
+    assert len(warnings) == 1 and warnings[0].startswith("connection lost: the connection dropped; reconnecting")
+    assert [m.segment for m in events if isinstance(m, Final)] == [0, 1, 2]
+    assert_near(spans(events), truth)  # sentence two transcribed whole on the second connection, once
+    # The second connection carried the audio from sentence one's final on (frames cost 8 bytes each, plus
+    # the handshake and eos): the replay started at the oldest uncommitted chunk.
+    s1_end = spans(events)[0][1]
+    replayed = (upstream[1] - 400) / (CHUNK + 8) / 10
+    assert len(upstream) == 2 and abs(replayed - (len(audio) / SAMPLE_RATE - s1_end)) <= 0.2, (replayed, s1_end)
+
+
+# ---- stand-ins: what the real server never does ------------------------------------
+
+
+def test_converse_gives_up_after_eos_wait_when_server_never_answers() -> None:
+    """Stand-in (the real server always answers eos): a silent server costs Ctrl-C at most eos_wait seconds."""
+
+    async def silent(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async def scenario() -> ClientError:
+        stop = asyncio.Event()
+
+        async def source() -> AsyncIterator[bytes]:
+            yield b"\0" * CHUNK
+            stop.set()
+            await asyncio.Event().wait()
+
+        async with serve(silent, "127.0.0.1", 0) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            async with await open_connection(url, ListenParams()) as ws:
+                with pytest.raises(ClientError) as info:
+                    await asyncio.wait_for(converse(ws, IteratorFeed(source()), lambda _: None, stop, eos_wait=0.3), 5)
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert str(error) == "server did not finish within 0.3 s after Ctrl-C; the last finals may be missing"
+
+
+def test_open_connection_reports_unreachable_when_handshake_never_answered() -> None:
+    """Stand-in (the real server always answers the upgrade): a mute TCP listener is 'unreachable' after the timeout."""
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    async def scenario() -> ClientError:
+        async with await asyncio.start_server(mute, "127.0.0.1", 0) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            with pytest.raises(ClientError) as info:
+                await open_connection(url, ListenParams(), open_timeout=0.3)
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert error.code is ExitCode.UNREACHABLE and str(error).endswith("no answer within 0.3 s")

@@ -155,7 +155,11 @@ class FakeFlags:
 
 
 class FakeInputStream:
-    """Stands in for sounddevice.InputStream: CI machines have no capture device.
+    """Stands in for sounddevice.InputStream where a test must time PortAudio's thread itself.
+
+    A real device (tests/test_client_mic.py feeds one through ALSA) delivers blocks on
+    its own clock; these tests need blocks pushed while the loop is stalled, or the stream
+    ending as if unplugged, at an exact moment.
 
     Same constructor keywords and ``callback(indata, frames, time, status)`` contract;
     ``push`` plays the part of PortAudio's thread delivering one block, reusing one
