@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .core import EngineLoop
-from .protocol import Closed, Partial, ServerMessage
+from .protocol import Closed, Error, ErrorCode, Partial, ServerMessage
 from .session import Output, Session, SessionState
 
 __all__ = ["Outbox", "Connection"]
@@ -154,7 +154,8 @@ class Connection:
                 async with asyncio.timeout(self.idle_timeout):
                     frame = await self.ws.recv()
             except TimeoutError:
-                self.route(session.end("idle"))
+                notice = Error(ErrorCode.TIMEOUT.value, f"no audio or keepalive for {self.idle_timeout:g} s", fatal=True)
+                self.route(Output(messages=[notice]).extend(session.end("idle")))
                 return
             if isinstance(frame, bytes):
                 t0 = time.perf_counter()

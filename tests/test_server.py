@@ -242,7 +242,7 @@ def test_server_closes_oversized_frames_with_the_websocket_size_limit(tiny_engin
 
 
 def test_server_closes_idle_sessions_with_reason_idle(tiny_engine):
-    """No audio and no keepalive for idle_timeout: closed with reason idle, code 1000."""
+    """No audio and no keepalive for idle_timeout: a fatal timeout error, closed with reason idle, code 1000."""
 
     async def scenario():
         async with running_server(tiny_engine, idle_timeout=0.5) as srv:
@@ -252,7 +252,8 @@ def test_server_closes_idle_sessions_with_reason_idle(tiny_engine):
                 return messages, time.monotonic() - t0, ws.close_code
 
     messages, waited, code = _run(scenario())
-    assert [m.type for m in messages] == ["ready", "closed"]
+    assert [m.type for m in messages] == ["ready", "error", "closed"]
+    assert messages[1].code == "timeout" and messages[1].fatal and "0.5 s" in messages[1].message
     assert messages[-1].reason == "idle" and code == 1000 and waited >= 0.5
 
 
