@@ -91,6 +91,7 @@ class DgasrServer:
         self._ws: Server | None = None
         self._loop_task: asyncio.Task | None = None
         self._closed = asyncio.Event()
+        self._drained = asyncio.Event()  # set whenever the last connection ends
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -119,9 +120,12 @@ class DgasrServer:
             self._ws.close(close_connections=False)
         for conn in list(self.connections.values()):
             conn.shutdown()
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.connections:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                log.warning("%d session(s) did not finish within %g s", len(self.connections), timeout)
         if self._ws is not None:
             self._ws.close()
             await self._ws.wait_closed()
@@ -216,6 +220,8 @@ class DgasrServer:
             await conn.run()
         finally:
             del self.connections[session.id]
+            if not self.connections:
+                self._drained.set()
             self.feed_stats.append((conn.feed_seconds, session.audio_seconds))
             log.info(
                 "session %s close: state=%s reason=%s audio=%.1fs segments=%d partials=%d finals=%d "
