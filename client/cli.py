@@ -171,6 +171,12 @@ def _list_devices() -> int:
     return ExitCode.OK
 
 
+def _source_failed(console: _Console, exc: SourceError) -> int:
+    """One line for a failed audio source; a device problem and bad input exit differently."""
+    console.warn(str(exc))
+    return ExitCode.DEVICE if isinstance(exc, DeviceError) else ExitCode.USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the client; returns the exit code (see the module docstring)."""
     parser = build_parser()
@@ -181,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     console = _Console(verbose=args.verbose)
     try:
         source = _open_source(args, console)
-    except DeviceError as exc:
-        console.warn(str(exc))
-        return ExitCode.DEVICE
     except SourceError as exc:
-        console.warn(str(exc))
-        return ExitCode.USAGE
+        return _source_failed(console, exc)
     out: TextIO = sys.stdout
     if args.output:
         try:
@@ -277,12 +279,8 @@ async def _run(
             raise
         console.warn("interrupted; the last results were not received")
         return ExitCode.ABORTED
-    except DeviceError as exc:
-        console.warn(str(exc))
-        return ExitCode.DEVICE
     except SourceError as exc:
-        console.warn(str(exc))
-        return ExitCode.USAGE
+        return _source_failed(console, exc)
     except ClientError as exc:
         console.warn(_fatal_text(fatal) or str(exc))
         return exc.code if not fatal else ExitCode.SERVER
