@@ -64,6 +64,9 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20
     warm_start: bool = False
     log_level: str = "INFO"
+    whisper: str | None = None  # per-part overrides: HF repo id or directory
+    backbone: str | None = None
+    adapter: str | None = None
 
 
 def _json_response(connection: ServerConnection, status: int, body: dict, retry_after: int | None = None) -> Response:
@@ -256,6 +259,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
     ("max_frame_bytes", int, "largest websocket frame accepted"),
     ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
+    ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
+    ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
+    ("adapter", str, "projector + LoRA adapter: HF repo id or directory (overrides the model's)"),
 ]
 
 
@@ -302,11 +308,12 @@ async def serve_until_signalled(config: ServerConfig) -> int:
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 1
+    parts = {"whisper": config.whisper, "backbone": config.backbone, "adapter": config.adapter}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loaded = asyncio.Event()
     engine = Engine(
-        lambda: load_model(name, device),
+        lambda: load_model(name, device, parts=parts),
         on_ready=lambda: loop.call_soon_threadsafe(loaded.set),
         threads=cpu_threads() if device.type == "cpu" else None,
     )

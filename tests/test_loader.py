@@ -120,3 +120,14 @@ def test_loader_rejects_unknown_names_and_incomplete_directories(tmp_path):
         load_model(str(tmp_path / "m"), device="cpu")
     with pytest.raises(ModelLoadError, match="no usable CUDA GPU"):
         load_model("tiny-random", device="cuda")
+
+
+def test_loader_adapter_override_moves_the_projector_when_they_share_a_repo():
+    """The real model keeps projector and LoRA in one repo: --adapter DIR must serve both."""
+    from server.engine.loader import REAL_SPEC, _apply_overrides
+
+    spec = _apply_overrides(REAL_SPEC, {"adapter": "/data/asr-adapter", "whisper": None})
+    assert spec.parts["adapter"] == spec.parts["projector"] == "/data/asr-adapter"
+    assert spec.parts["whisper"] == "openai/whisper-small"
+    separate = REAL_SPEC.with_parts(projector="/p")
+    assert _apply_overrides(separate, {"adapter": "/a"}).parts["projector"] == "/p"

@@ -28,11 +28,13 @@ from .model import PROJECTOR_FILE, AsrModel
 from .projector import AudioProjector
 from .spec import LANGUAGES, SPEC_FILE, ModelSpec, ProjectorConfig
 
-__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "resolve_model_name", "resolve_device", "load_model", "load_whisper_encoder"]
+__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "DEMO_DIR", "resolve_model_name", "resolve_device", "load_model", "load_whisper_encoder"]
 
 log = logging.getLogger("dgasr.engine")
 
 REAL_MODEL = "diffusion-gemma-asr-small"
+# The embedded six-language demo model (scripts/train_demo.py), shipped as package data.
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 _LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "hi": "Hindi", "zh": "Mandarin"}
 
 # The real model. The prompt wording is our best reading of the public training code;
@@ -275,6 +277,19 @@ def _load_spec(spec: ModelSpec, base: Path | None, device: torch.device, dtype: 
     return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source).to(device, dtype)
 
 
+def _apply_overrides(spec: ModelSpec, overrides: dict[str, str | None]) -> ModelSpec:
+    """Per-part overrides; an adapter override also moves the projector when both share a source.
+
+    The real model ships its projector weights and its LoRA in one repository, so a local
+    copy of that repository passed as the adapter must serve the projector too.
+    """
+    overrides = dict(overrides)
+    shared = spec.parts.get("projector") == spec.parts.get("adapter")
+    if overrides.get("adapter") and not overrides.get("projector") and shared:
+        overrides["projector"] = overrides["adapter"]
+    return spec.with_parts(**overrides)
+
+
 def load_model(
     name: str = REAL_MODEL,
     device: str | torch.device = "auto",
@@ -302,7 +317,7 @@ def load_model(
     if callable(preset):
         return preset(device, dtype)
     if isinstance(preset, ModelSpec):
-        return _load_spec(preset.with_parts(**overrides), None, device, dtype, name)
+        return _load_spec(_apply_overrides(preset, overrides), None, device, dtype, name)
     directory = Path(name).expanduser()
     if not (directory / SPEC_FILE).exists():
         known = ", ".join(PRESETS)
@@ -311,4 +326,4 @@ def load_model(
         spec = ModelSpec.load(directory)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{directory / SPEC_FILE}: {exc}") from None
-    return _load_spec(spec.with_parts(**overrides), directory, device, dtype, str(directory))
+    return _load_spec(_apply_overrides(spec, overrides), directory, device, dtype, str(directory))
