@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Word/character error rates of a model on the held-out synthetic set, offline and via the server.
+
+Prints one table: WER for en/de/fr/es and CER for hi/zh,
+(a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps, and
+(b) through a running ``DgasrServer`` with real websocket clients streaming the held-out
+    wavs at real-time pace (several sessions at once): the finals, and the last partial of
+    each segment. Also prints the real-time factor of a final at the model's default steps.
+
+Normalisation: Unicode NFC, lowercase, punctuation and symbols removed (Unicode categories
+P* and S*; combining marks kept), whitespace collapsed. CER ignores spaces.
+
+    python scripts/demo_data.py --out out/demo_heldout          # once
+    python scripts/eval_wer.py --model server/models/demo --data out/demo_heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
+from server.engine.denoise import run_batch  # noqa: E402
+
+CER_LANGS = {"hi", "zh"}
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).lower()
+    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
+    return " ".join(text.split())
+
+
+def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
+    refs = [normalize(r) for r in refs]
+    hyps = [normalize(h) for h in hyps]
+    if language in CER_LANGS:
+        return jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") for h in hyps])
+    return jiwer.wer(refs, hyps)
+
+
+def load_heldout(directory: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (directory / "transcripts.jsonl").read_text().splitlines() if line]
+    for row in rows:
+        audio, rate = sf.read(directory / row["audio"], dtype="float32")
+        assert rate == 16000
+        row["wav"] = audio
+    return rows
+
+
+def offline(model, rows: list[dict], steps: int, batch: int = 8) -> tuple[list[str], float]:
+    """Hypotheses at ``steps``, and the wall seconds it took."""
+    hyps: list[str] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        chunk = rows[i : i + batch]
+        reqs = [TranscribeRequest(audio=r["wav"], language=r["language"], steps=steps, seed=0) for r in chunk]
+        hyps += [res.text for res in run_batch(model, reqs)]
+    return hyps, time.perf_counter() - t0
+
+
+def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
+    """(median audio-seconds per compute-second of one final at default steps, batch 1; full-window value)."""
+    steps = model.spec.final_steps
+    ratios = []
+    for r in rows[:: max(1, len(rows) // n)][:n]:
+        t0 = time.perf_counter()
+        run_batch(model, [TranscribeRequest(audio=r["wav"], language=r["language"], steps=steps, seed=0)])
+        ratios.append(len(r["wav"]) / 16000 / (time.perf_counter() - t0))
+    window = np.zeros(model.spec.window_samples, np.float32)
+    window[: len(rows[0]["wav"])] = rows[0]["wav"]
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run_batch(model, [TranscribeRequest(audio=window, language=rows[0]["language"], steps=steps, seed=0)])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(ratios), model.spec.window_seconds / statistics.median(times)
+
+
+async def through_server(model_dir: str, rows: list[dict], concurrency: int, threads: int | None):
+    """(finals text, last-partial text, final latencies ms) per row, streamed at real time."""
+    from wsclient import running_server, stream
+
+    engine = Engine(lambda: load_model(model_dir, "cpu"), threads=threads).start()
+    engine.wait_ready(120)
+    finals: list[str] = [""] * len(rows)
+    partials: list[str] = [""] * len(rows)
+    latencies: list[float] = []
+    try:
+        async with running_server(engine) as srv:
+            url = f"ws://127.0.0.1:{srv.port}"
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> None:
+                row = rows[i]
+                pad = np.zeros(int(0.3 * 16000), np.float32)
+                audio = np.concatenate([pad, row["wav"], pad])
+                async with gate:
+                    log = await stream(url, audio, speed=1.0, query=f"language={row['language']}", timeout=120)
+                finals[i] = " ".join(m.text for m in log.of("final"))
+                last: dict[int, str] = {}
+                for m in log.of("partial"):
+                    last[m.segment] = m.text
+                partials[i] = " ".join(last.get(m.segment, "") for m in log.of("final"))
+                latencies.extend(m.latency_ms for m in log.of("final"))
+
+            await asyncio.gather(*(one(i) for i in range(len(rows))))
+    finally:
+        engine.close()
+    return finals, partials, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="server/models/demo", help="preset name or model directory")
+    parser.add_argument("--data", type=Path, default=Path("out/demo_heldout"))
+    parser.add_argument("--steps", default="1,2,4,8,16")
+    parser.add_argument("--per-language", type=int, default=0, help="use only the first N per language (0 = all)")
+    parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = load_heldout(args.data)
+    if args.per_language:
+        seen: dict[str, int] = {}
+        rows = [r for r in rows if seen.setdefault(r["language"], 0) < args.per_language and not seen.update(
+            {r["language"]: seen[r["language"]] + 1})]
+    langs = list(dict.fromkeys(r["language"] for r in rows))
+    model = load_model(args.model, "cpu")
+    columns: dict[str, list[str]] = {}
+    for steps in [int(s) for s in args.steps.split(",")]:
+        hyps, secs = offline(model, rows, steps)
+        columns[f"{steps} steps"] = hyps
+        print(f"offline {steps} steps: {secs:.1f} s for {len(rows)} utterances", file=sys.stderr)
+    rtf, window_rtf = final_rtf(model, rows)
+    latencies: list[float] = []
+    if not args.no_server:
+        finals, partials, latencies = asyncio.run(through_server(args.model, rows, args.concurrency, args.threads))
+        columns["server final"] = finals
+        columns["server last partial"] = partials
+    table = {}
+    for name, hyps in columns.items():
+        table[name] = {
+            lang: error_rate(lang, [r["text"] for r in rows if r["language"] == lang],
+                             [h for h, r in zip(hyps, rows) if r["language"] == lang])
+            for lang in langs
+        }
+    names = list(columns)
+    print(f"\nheld-out set {args.data} ({len(rows)} utterances), model {args.model}")
+    print("lang metric | " + " | ".join(f"{n:>19}" for n in names))
+    for lang in langs:
+        metric = "CER" if lang in CER_LANGS else "WER"
+        print(f"{lang:4} {metric:6} | " + " | ".join(f"{100 * table[n][lang]:18.1f}%" for n in names))
+    print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, CPU threads {args.threads}: "
+          f"{rtf:.1f}x real time (median over utterances); full {model.spec.window_seconds:g} s window: "
+          f"{window_rtf:.1f}x real time")
+    if latencies:
+        print(f"server finals: median latency {statistics.median(latencies):.0f} ms, "
+              f"p95 {np.percentile(latencies, 95):.0f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({"table": table, "rtf": rtf, "window_rtf": window_rtf,
+                                         "latencies_ms": latencies}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

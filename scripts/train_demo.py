@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""Train the embedded ``demo`` model on synthetic espeak-ng speech (CPU or CUDA).
+
+How this works
+--------------
+The model is the production architecture at small sizes (:func:`build_demo`): a
+WhisperEncoder, the AudioProjector, a DiffusionGemmaForBlockDiffusion and a character
+tokenizer. Each step draws fresh utterances from :mod:`demo_data` (a background worker
+synthesizes and augments them) and minimises
+
+* uniform-diffusion denoising: a random fraction t ~ U(0, 1) of the target canvas
+  (text, end-of-sequence, padding) is replaced by uniformly random ids and the decoder,
+  reading the prompt KV cache built by :func:`server.engine.denoise.encode_prompts`,
+  predicts the originals (cross-entropy over the whole canvas); with probability 0.5 a
+  no-grad pass first supplies ``self_conditioning_logits``;
+* CTC on the projector outputs read through the tied lm_head (blank = pad id 0), which
+  makes the audio embeddings transcript-predictive early on.
+
+Resumable: ``--state`` is written every ``--save-every`` seconds and on SIGINT/SIGTERM;
+rerunning the same command continues. The learning rate follows the wall-clock budget
+(``--minutes``), so a run ends on time whatever the machine's speed.
+
+    python scripts/train_demo.py --state runs/demo/state.pt --out runs/demo/model --minutes 70
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import demo_data  # noqa: E402
+from transformers import (  # noqa: E402
+    DiffusionGemmaConfig,
+    DiffusionGemmaForBlockDiffusion,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder  # noqa: E402
+
+from server.engine.denoise import encode_prompts  # noqa: E402
+from server.engine.model import AsrModel  # noqa: E402
+from server.engine.projector import AudioProjector  # noqa: E402
+from server.engine.spec import LANGUAGES, ModelSpec, ProjectorConfig  # noqa: E402
+from server.engine.tiny import build_char_tokenizer  # noqa: E402
+
+WINDOW_SECONDS = 6.0
+CANVAS = 96
+
+
+def demo_spec(dims: dict) -> ModelSpec:
+    hints = {"auto": "<auto>"} | {code: f"<{code}>" for code in LANGUAGES}
+    frames = int(WINDOW_SECONDS * 100) // 2
+    projector = ProjectorConfig(
+        in_dim=dims["whisper"], channels=dims["proj"], num_layers=1, kernel_size=3, stride=2, out_dim=dims["hidden"]
+    )
+    return ModelSpec(
+        name="demo",
+        parts={},
+        window_seconds=WINDOW_SECONDS,
+        audio_tokens=projector.output_frames(frames),
+        canvas_length=CANVAS,
+        prompt_template="<bos>{audio}{language}",
+        language_hints=hints,
+        draft_steps=2,
+        final_steps=8,
+        projector=projector,
+    )
+
+
+DIMS = {"whisper": 192, "whisper_layers": 4, "proj": 256, "hidden": 256, "layers": 4, "heads": 4}
+
+
+def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
+    """The demo model with fresh weights drawn from ``seed``."""
+    spec = demo_spec(dims)
+    chars = demo_data.charset()
+    vocab_size = 16 * math.ceil((len(chars) + 16) / 16)
+    tokenizer = build_char_tokenizer(chars, vocab_size)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in ("<audio>", "<boa>", "<eoa>")}
+    d = dims["whisper"]
+    whisper_config = WhisperConfig(
+        num_mel_bins=80, d_model=d, encoder_layers=dims["whisper_layers"], encoder_attention_heads=4,
+        encoder_ffn_dim=4 * d, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=4 * d,
+        max_source_positions=int(WINDOW_SECONDS * 100) // 2, vocab_size=128, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=3,
+    )
+    h = dims["hidden"]
+    layers = dims["layers"]
+    text_config = dict(
+        vocab_size=vocab_size, hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers,
+        num_attention_heads=dims["heads"], num_key_value_heads=2, head_dim=h // dims["heads"],
+        global_head_dim=h // dims["heads"], num_global_key_value_heads=2, num_experts=2, top_k_experts=1,
+        moe_intermediate_size=h, sliding_window=512, layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+        max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    vision_config = dict(  # unused by ASR, but DiffusionGemma always builds a vision tower
+        model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=16,
+    )
+    config = DiffusionGemmaConfig(
+        text_config=text_config, vision_config=vision_config, image_token_id=ids["<audio>"],
+        boi_token_id=ids["<boa>"], eoi_token_id=ids["<eoa>"], canvas_length=spec.canvas_length,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        whisper = WhisperEncoder(whisper_config)
+        projector = AudioProjector(spec.projector)
+        backbone = DiffusionGemmaForBlockDiffusion(config)
+    features = WhisperFeatureExtractor(feature_size=80, chunk_length=int(WINDOW_SECONDS))
+    return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source="demo")
+
+
+# ---- data ------------------------------------------------------------------
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Endless training batches: (features, targets, target lengths, languages), seeded."""
+
+    def __init__(self, model: AsrModel, batch: int, seed: int, start: int) -> None:
+        self.fe = model.feature_extractor
+        self.tokenizer = model.tokenizer
+        self.batch, self.seed, self.start = batch, seed, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        shard, shards = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.start + shard  # the DataLoader takes batches from its workers round-robin
+        while True:
+            utts = [
+                demo_data.sample_utterance(self.seed + step * self.batch + i, demo_data.LANGS[(step + i) % 6])
+                for i in range(self.batch)
+            ]
+            feats = self.fe([u.audio for u in utts], sampling_rate=16000, return_tensors="pt", padding="max_length")
+            targets = [self.tokenizer(u.text, add_special_tokens=False).input_ids for u in utts]
+            yield step, feats.input_features, targets, [u.language for u in utts]
+            step += shards
+
+
+# ---- losses ----------------------------------------------------------------
+
+
+def losses(model: AsrModel, features, targets, languages, rng: torch.Generator, auto_prob: float = 0.3,
+           diffusion_on: bool = True):
+    bb = model.backbone
+    device = model.device
+    batch = features.shape[0]
+    frames = model.whisper(features.to(device)).last_hidden_state
+    embeds = model.projector(frames)
+    # CTC through the tied lm_head
+    ctc_logp = F.log_softmax(bb.lm_head(embeds).float(), dim=-1).transpose(0, 1)
+    flat = torch.tensor([t for row in targets for t in row], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(row) for row in targets], dtype=torch.long, device=device)
+    ctc = F.ctc_loss(ctc_logp, flat, torch.full((batch,), embeds.shape[1], dtype=torch.long, device=device), lengths,
+                     blank=0, zero_infinity=True)
+    if not diffusion_on:
+        return torch.zeros((), device=device), ctc
+    # prompt KV cache, with gradients
+    langs = [None if torch.rand(1, generator=rng).item() < auto_prob else lang for lang in languages]
+    prompts = torch.tensor([model.prompt_ids(lang) for lang in langs], device=device)
+    cache = encode_prompts(model, prompts, embeds)
+    # uniform-diffusion canvas
+    length, vocab = bb.config.canvas_length, bb.config.text_config.vocab_size
+    target = torch.zeros((batch, length), dtype=torch.long)
+    for i, row in enumerate(targets):
+        target[i, : len(row)] = torch.tensor(row)
+        target[i, len(row)] = model.eos_token_id
+    target = target.to(device)
+    t = torch.rand((batch, 1), generator=rng).to(device)
+    noise = torch.randint(0, vocab, (batch, length), generator=rng).to(device)
+    replace = torch.rand((batch, length), generator=rng).to(device) < t
+    canvas = torch.where(replace, noise, target)
+    positions = torch.arange(prompts.shape[1], prompts.shape[1] + length, dtype=torch.int32, device=device)[None]
+    mask = bb.model.decoder.create_diffusion_decoder_attention_mask(
+        config=bb.config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache,
+        decoder_attention_mask=torch.ones((batch, prompts.shape[1] + length), dtype=torch.bool, device=device),
+    )
+    kwargs = dict(decoder_input_ids=canvas, decoder_attention_mask=mask, past_key_values=cache,
+                  decoder_position_ids=positions)
+    sc_logits = sc_mask = None
+    if torch.rand(1, generator=rng).item() < 0.5:
+        with torch.no_grad():
+            sc_logits = bb(**kwargs).logits.detach()
+        sc_mask = torch.ones(batch, dtype=torch.bool, device=device)
+    logits = bb(**kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
+    diffusion = F.cross_entropy(logits.float().reshape(-1, vocab), target.reshape(-1))
+    return diffusion, ctc
+
+
+# ---- evaluation ------------------------------------------------------------
+
+
+def quick_eval(model: AsrModel, utts, steps: int = 8) -> tuple[float, float]:
+    """(denoise CER, CTC-greedy CER) on a few held-out utterances; spaces ignored."""
+    import jiwer
+
+    from server.engine.denoise import run_batch
+    from server.engine.types import TranscribeRequest
+
+    model.whisper.eval(), model.projector.eval(), model.backbone.eval()
+    reqs = [TranscribeRequest(audio=u.audio, language=u.language, steps=steps, seed=0) for u in utts]
+    hyps = [r.text for r in run_batch(model, reqs)]
+    with torch.inference_mode():
+        feats = model.feature_extractor([u.audio for u in utts], sampling_rate=16000, return_tensors="pt",
+                                        padding="max_length").input_features.to(model.device)
+        ids = model.backbone.lm_head(model.projector(model.whisper(feats).last_hidden_state)).argmax(-1)
+    greedy = []
+    for row in ids.tolist():
+        out = [a for j, a in enumerate(row) if a != 0 and (j == 0 or a != row[j - 1])]
+        greedy.append(model.tokenizer.decode(out, skip_special_tokens=True))
+    refs = [u.text.replace(" ", "") for u in utts]
+    model.whisper.train(), model.projector.train(), model.backbone.train()
+    strip = lambda xs: [x.replace(" ", "") or "-" for x in xs]  # noqa: E731
+    return jiwer.cer(refs, strip(hyps)), jiwer.cer(refs, strip(greedy))
+
+
+# ---- export ----------------------------------------------------------------
+
+
+def export(source: str, target: Path, draft_steps: int, final_steps: int) -> None:
+    """Re-save a trained model directory in fp16 with the measured default step counts."""
+    import dataclasses
+
+    from server.engine.loader import load_model
+
+    model = load_model(source, "cpu")
+    model.spec = dataclasses.replace(model.spec, draft_steps=draft_steps, final_steps=final_steps)
+    model.to(torch.device("cpu"), torch.float16).save(target)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    print(f"exported {source} -> {target} (fp16, {size / 1e6:.1f} MB, draft {draft_steps}, final {final_steps} steps)")
+
+
+# ---- loop ------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", type=Path, default=Path("runs/demo/state.pt"))
+    parser.add_argument("--out", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--minutes", type=float, default=70.0, help="wall-clock budget (sets the lr schedule)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--ctc-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=float, default=240.0, help="seconds between checkpoints")
+    parser.add_argument("--eval-every", type=int, default=150, help="steps between quick evals")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="data worker processes (espeak + features)")
+    parser.add_argument("--ctc-first", type=float, default=0.0,
+                        help="train CTC alone until its smoothed loss falls below this (0 = joint from the start)")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
+    parser.add_argument("--rescale-projector", type=float, default=0.0,
+                        help="multiply the projector's output layer by this once, at start/resume "
+                             "(sharpens CTC logits through the tied lm_head; used once in the shipped run)")
+    parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
+    parser.add_argument("--draft-steps", type=int, default=2, help="with --export: the spec's draft steps")
+    parser.add_argument("--final-steps", type=int, default=8, help="with --export: the spec's final steps")
+    args = parser.parse_args()
+    if args.export:
+        export(args.export, args.out, args.draft_steps, args.final_steps)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    model = build_demo(args.seed).to(device, torch.float32)
+    params = [p for m in (model.whisper, model.projector, model.backbone) for p in m.parameters()]
+    unique = {id(p): p for p in params}
+    params = list(unique.values())
+    print(f"params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
+    if args.state.exists():
+        state = torch.load(args.state, map_location=device, weights_only=False)
+        for name in ("whisper", "projector", "backbone"):
+            getattr(model, name).load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])
+        step, elapsed, best = state["step"], state["elapsed"], state.get("best", best)
+        joint = state.get("joint", joint)
+        print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
+    if args.rescale_projector:
+        with torch.no_grad():
+            model.projector.proj.weight.mul_(args.rescale_projector)
+            model.projector.proj.bias.mul_(args.rescale_projector)
+        print(f"projector output layer x{args.rescale_projector}", flush=True)
+    model.whisper.train(), model.projector.train(), model.backbone.train()
+    args.state.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        state = {name: getattr(model, name).state_dict() for name in ("whisper", "projector", "backbone")}
+        state.update(opt=opt.state_dict(), step=step, elapsed=elapsed, best=best, joint=joint)
+        torch.save(state, str(args.state) + ".tmp")
+        Path(str(args.state) + ".tmp").replace(args.state)
+
+    stop = {"now": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    evals = [demo_data.sample_utterance(900_000 + i, lang, demo_data.HELDOUT) for lang in demo_data.LANGS for i in range(2)]
+    loader = torch.utils.data.DataLoader(Stream(model, args.batch, args.seed * 10_000_000, step), batch_size=None,
+                                         num_workers=args.workers, prefetch_factor=4, persistent_workers=True)
+    rng = torch.Generator().manual_seed(args.seed * 7919 + step)
+    budget = args.minutes * 60
+    last_save = t_start = time.time()
+    base = elapsed
+    smooth = None
+    for _, features, targets, languages in loader:
+        elapsed = base + time.time() - t_start
+        frac = min(elapsed / budget, 1.0)
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        diffusion, ctc = losses(model, features, targets, languages, rng, diffusion_on=joint)
+        loss = diffusion + args.ctc_weight * ctc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        values = np.array([diffusion.item(), ctc.item()])
+        smooth = values if smooth is None else 0.95 * smooth + 0.05 * values
+        if not joint and smooth[1] < args.ctc_first:
+            joint = True
+            print(f"step {step}: CTC loss {smooth[1]:.2f} < {args.ctc_first}, denoising loss on", flush=True)
+        if step % 10 == 0:
+            print(f"step {step} {elapsed / 60:.1f}min lr {lr:.2e} diff {smooth[0]:.3f} ctc {smooth[1]:.3f}", flush=True)
+        if step % args.eval_every == 0:
+            cer, ctc_cer = quick_eval(model, evals)
+            print(f"eval step {step}: denoise CER {cer:.3f}  ctc-greedy CER {ctc_cer:.3f}", flush=True)
+            if cer <= best:
+                best = cer
+                model.save(args.out)
+                print(f"saved best to {args.out}", flush=True)
+        done = frac >= 1.0 or stop["now"] or (args.max_steps and step >= args.max_steps)
+        if done or time.time() - last_save > args.save_every:
+            save()
+            last_save = time.time()
+        if done:
+            break
+    model.save(str(args.out) + "-last")
+    print(f"stopped at step {step} after {elapsed / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
