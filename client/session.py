@@ -131,7 +131,7 @@ async def open_connection(url: str, params: ListenParams, open_timeout: float = 
         return await connect(full, open_timeout=open_timeout, close_timeout=2, compression=None, max_size=2**20)
     except InvalidStatus as exc:
         raise _refusal(exc) from None
-    except (InvalidURI, ValueError) as exc:
+    except (InvalidURI, ValueError):
         raise ClientError(f"bad --url {url!r}: expected ws://HOST:PORT or wss://HOST:PORT", ExitCode.USAGE) from None
     except InvalidHandshake as exc:
         raise ClientError(f"websocket handshake with {url} failed: {exc}", ExitCode.SERVER) from None

@@ -13,7 +13,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
