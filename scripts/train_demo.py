@@ -4,23 +4,33 @@
 How this works
 --------------
 The model is the production architecture at small sizes (:func:`build_demo`): a
-WhisperEncoder, the AudioProjector, a DiffusionGemmaForBlockDiffusion and a character
-tokenizer. Each step draws fresh utterances from :mod:`demo_data` (a background worker
-synthesizes and augments them) and minimises
+WhisperEncoder, the AudioProjector, a DiffusionGemmaForBlockDiffusion and a subword
+tokenizer trained on the generator's transcripts (:func:`build_tokenizer`).
 
-* uniform-diffusion denoising: a random fraction t ~ U(0, 1) of the target canvas
-  (text, end-of-sequence, padding) is replaced by uniformly random ids and the decoder,
-  reading the prompt KV cache built by :func:`server.engine.denoise.encode_prompts`,
-  predicts the originals (cross-entropy over the whole canvas); with probability 0.5 a
-  no-grad pass first supplies ``self_conditioning_logits``;
-* CTC on the projector outputs read through the tied lm_head (blank = pad id 0), which
-  makes the audio embeddings transcript-predictive early on.
+Data is synthesized ahead into feature shards (``--make-shards``, one process per core;
+:mod:`demo_data` speech, augmented, as 4 s log-mel windows), because espeak-ng and the
+feature extractor cost as much CPU as a training step. The trainer samples uniformly
+from every shard finished so far (new ones join as they land), adds SpecAugment, and
+minimises
 
-Resumable: ``--state`` is written every ``--save-every`` seconds and on SIGINT/SIGTERM;
-rerunning the same command continues. The learning rate follows the wall-clock budget
-(``--minutes``), so a run ends on time whatever the machine's speed.
+* CTC on the projector outputs read through the tied lm_head (blank = pad id 0), alone
+  at first (``--ctc-first``), which makes the audio embeddings transcript-predictive;
+* then also uniform-diffusion denoising: a random fraction t ~ U(0, 1) of the target
+  canvas (text, end-of-sequence, padding) is replaced by uniformly random ids and the
+  decoder, reading the prompt KV cache built by
+  :func:`server.engine.denoise.encode_prompts`, predicts the originals (cross-entropy
+  over the whole canvas); with probability 0.5 a no-grad pass first supplies
+  ``self_conditioning_logits``.
 
-    python scripts/train_demo.py --state runs/demo/state.pt --out runs/demo/model --minutes 70
+Resumable: ``--state`` (and the tokenizer beside it) is written every ``--save-every``
+seconds and on SIGINT/SIGTERM; rerunning the same command continues. The learning rate
+follows the wall-clock budget (``--minutes``), so a run ends on time on any machine::
+
+    python scripts/train_demo.py --data runs/demo/shards --make-shards 0 15 &
+    python scripts/train_demo.py --data runs/demo/shards --make-shards 15 15 &
+    python scripts/train_demo.py --data runs/demo/shards --state runs/demo/state.pt \\
+        --out runs/demo/model --minutes 90 --threads 2
+    python scripts/train_demo.py --export runs/demo/model --out server/engine/demo_model
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import math
 import signal
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +54,7 @@ import demo_data  # noqa: E402
 from transformers import (  # noqa: E402
     DiffusionGemmaConfig,
     DiffusionGemmaForBlockDiffusion,
+    PreTrainedTokenizerFast,
     WhisperConfig,
     WhisperFeatureExtractor,
 )
@@ -52,17 +64,20 @@ from server.engine.denoise import encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 from server.engine.projector import AudioProjector  # noqa: E402
 from server.engine.spec import LANGUAGES, ModelSpec, ProjectorConfig  # noqa: E402
-from server.engine.tiny import build_char_tokenizer  # noqa: E402
+from server.engine.tiny import SPECIAL_TOKENS  # noqa: E402
 
-WINDOW_SECONDS = 6.0
-CANVAS = 96
+WINDOW_SECONDS = 4.0
+CANVAS = 24
+VOCAB = 2560
+DIMS = {"whisper": 192, "whisper_layers": 3, "proj": 256, "hidden": 256, "layers": 4, "heads": 4}
+SHARD = 2000  # utterances per feature shard
 
 
 def demo_spec(dims: dict) -> ModelSpec:
     hints = {"auto": "<auto>"} | {code: f"<{code}>" for code in LANGUAGES}
     frames = int(WINDOW_SECONDS * 100) // 2
     projector = ProjectorConfig(
-        in_dim=dims["whisper"], channels=dims["proj"], num_layers=1, kernel_size=3, stride=2, out_dim=dims["hidden"]
+        in_dim=dims["whisper"], channels=dims["proj"], num_layers=1, kernel_size=3, stride=1, out_dim=dims["hidden"]
     )
     return ModelSpec(
         name="demo",
@@ -78,15 +93,33 @@ def demo_spec(dims: dict) -> ModelSpec:
     )
 
 
-DIMS = {"whisper": 192, "whisper_layers": 4, "proj": 256, "hidden": 256, "layers": 4, "heads": 4}
+def build_tokenizer(vocab_size: int = VOCAB, texts: int = 60_000) -> PreTrainedTokenizerFast:
+    """A subword (BPE) tokenizer trained on the generator's own transcripts.
+
+    Why subwords and not characters: most demo words become one or two tokens, so the
+    canvas is 32 tokens instead of ~64 characters (half the decoder cost) and the
+    denoiser places words rather than counting letters. Every character of the six
+    scripts stays in the alphabet, so any transcript still encodes.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+                                  initial_alphabet=list(demo_data.charset()), show_progress=False)
+    corpus = (demo_data.sample_text(7_000_000 + i, demo_data.LANGS[i % 6]) for i in range(texts))
+    core.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=SPECIAL_TOKENS[4:])
 
 
-def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
+def build_demo(seed: int = 0, dims: dict = DIMS, tokenizer: PreTrainedTokenizerFast | None = None) -> AsrModel:
     """The demo model with fresh weights drawn from ``seed``."""
     spec = demo_spec(dims)
-    chars = demo_data.charset()
-    vocab_size = 16 * math.ceil((len(chars) + 16) / 16)
-    tokenizer = build_char_tokenizer(chars, vocab_size)
+    tokenizer = tokenizer or build_tokenizer()
+    vocab_size = 16 * math.ceil(len(tokenizer) / 16)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in ("<audio>", "<boa>", "<eoa>")}
     d = dims["whisper"]
     whisper_config = WhisperConfig(
@@ -94,6 +127,10 @@ def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
         encoder_ffn_dim=4 * d, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=4 * d,
         max_source_positions=int(WINDOW_SECONDS * 100) // 2, vocab_size=128, pad_token_id=0, bos_token_id=1,
         eos_token_id=2, decoder_start_token_id=3,
+        # Whisper's 0.02 init leaves the conv front end's output ~30x smaller than the
+        # sinusoidal positions it is added to, and a from-scratch encoder then sees only
+        # position for thousands of steps; 0.08 puts both near unit scale.
+        init_std=0.08,
     )
     h = dims["hidden"]
     layers = dims["layers"]
@@ -101,7 +138,8 @@ def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
         vocab_size=vocab_size, hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers,
         num_attention_heads=dims["heads"], num_key_value_heads=2, head_dim=h // dims["heads"],
         global_head_dim=h // dims["heads"], num_global_key_value_heads=2, num_experts=2, top_k_experts=1,
-        moe_intermediate_size=h, sliding_window=512, layer_types=["sliding_attention", "full_attention"] * (layers // 2),
+        moe_intermediate_size=h // 2, sliding_window=512,
+        layer_types=["sliding_attention", "full_attention"] * (layers // 2),
         max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
     vision_config = dict(  # unused by ASR, but DiffusionGemma always builds a vision tower
@@ -117,6 +155,9 @@ def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
         whisper = WhisperEncoder(whisper_config)
         projector = AudioProjector(spec.projector)
         backbone = DiffusionGemmaForBlockDiffusion(config)
+        # The lm_head is tied to the embeddings and also reads the projector outputs for
+        # CTC; at the default 0.02 init those logits start ~30x too flat to learn from.
+        backbone.get_input_embeddings().weight.data.normal_(0.0, h**-0.5)
     features = WhisperFeatureExtractor(feature_size=80, chunk_length=int(WINDOW_SECONDS))
     return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source="demo")
 
@@ -124,33 +165,90 @@ def build_demo(seed: int = 0, dims: dict = DIMS) -> AsrModel:
 # ---- data ------------------------------------------------------------------
 
 
-class Stream(torch.utils.data.IterableDataset):
-    """Endless training batches: (features, targets, target lengths, languages), seeded."""
+def make_shards(out: Path, first: int, count: int, seed: int) -> None:
+    """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as log-mel features.
 
-    def __init__(self, model: AsrModel, batch: int, seed: int, start: int) -> None:
-        self.fe = model.feature_extractor
-        self.tokenizer = model.tokenizer
-        self.batch, self.seed, self.start = batch, seed, start
+    Each shard holds SHARD utterances (languages in turn): ``NNNN.npy`` (float16,
+    [SHARD, 80, frames]) and ``NNNN.jsonl`` (text, language). Written to a temporary
+    name and renamed, so a trainer polling the directory never reads half a shard.
+    """
+    import json
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        shard, shards = (info.id, info.num_workers) if info is not None else (0, 1)
-        step = self.start + shard  # the DataLoader takes batches from its workers round-robin
-        while True:
-            utts = [
-                demo_data.sample_utterance(self.seed + step * self.batch + i, demo_data.LANGS[(step + i) % 6])
-                for i in range(self.batch)
-            ]
-            feats = self.fe([u.audio for u in utts], sampling_rate=16000, return_tensors="pt", padding="max_length")
-            targets = [self.tokenizer(u.text, add_special_tokens=False).input_ids for u in utts]
-            yield step, feats.input_features, targets, [u.language for u in utts]
-            step += shards
+    fe = WhisperFeatureExtractor(feature_size=80, chunk_length=int(WINDOW_SECONDS))
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in range(first, first + count):
+        if (out / f"{shard:04d}.npy").exists():
+            continue
+        feats, rows = [], []
+        for i in range(SHARD):
+            lang = demo_data.LANGS[i % 6]
+            utt = demo_data.sample_utterance(seed + shard * SHARD + i, lang)
+            feats.append(fe([utt.audio], sampling_rate=16000, return_tensors="np", padding="max_length")
+                         .input_features[0].astype(np.float16))
+            rows.append({"text": utt.text, "language": lang})
+        with open(out / f"{shard:04d}.jsonl.tmp", "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        np.save(out / f"{shard:04d}.tmp.npy", np.stack(feats))
+        (out / f"{shard:04d}.jsonl.tmp").replace(out / f"{shard:04d}.jsonl")
+        (out / f"{shard:04d}.tmp.npy").replace(out / f"{shard:04d}.npy")
+        print(f"shard {shard} written", flush=True)
+
+
+def char_ids(tokenizer, text: str) -> list[int]:
+    """``text`` as one token per character (space -> ``▁``), all from the same vocabulary.
+
+    Why: CTC over whole-word subwords gives each of ~2500 classes a handful of frames per
+    batch and sat on its blank plateau for thousands of steps; per-character targets
+    share every letter across words, so the acoustic side learns from dense labels. The
+    denoiser's canvas keeps the subword tokens.
+    """
+    vocab = tokenizer.get_vocab()
+    unk = vocab["<unk>"]
+    return [vocab.get("\u2581" if c == " " else c, unk) for c in unicodedata.normalize("NFC", text)]
+
+
+class ShardPool:
+    """Every finished shard under ``root``, sampled uniformly; new shards join when polled."""
+
+    def __init__(self, root: Path, tokenizer) -> None:
+        self.root, self.tokenizer = root, tokenizer
+        self.feats: list[np.ndarray] = []
+        self.rows: list[tuple[list[int], str]] = []
+        self.loaded: set[str] = set()
+
+    def poll(self) -> int:
+        import json
+
+        for path in sorted(self.root.glob("[0-9][0-9][0-9][0-9].npy")):
+            if path.stem in self.loaded or not path.with_suffix(".jsonl").exists():
+                continue
+            rows = [json.loads(line) for line in open(path.with_suffix(".jsonl"))]
+            self.feats.extend(np.load(path, mmap_mode=None))
+            self.rows.extend((self.tokenizer(r["text"], add_special_tokens=False).input_ids, r["language"],
+                              char_ids(self.tokenizer, r["text"])) for r in rows)
+            self.loaded.add(path.stem)
+        return len(self.rows)
+
+    def batch(self, rng: np.random.Generator, size: int, spec_augment: float):
+        picks = rng.integers(0, len(self.rows), size)
+        feats = torch.from_numpy(np.stack([self.feats[i] for i in picks]).astype(np.float32))
+        if spec_augment:
+            for row in feats:  # SpecAugment: two frequency and two time masks, plus a gain shift
+                if rng.random() < spec_augment:
+                    for _ in range(2):
+                        f0, fw = rng.integers(0, 70), rng.integers(0, 10)
+                        row[f0: f0 + fw] = row.mean()
+                        t0, tw = rng.integers(0, row.shape[1] - 20), rng.integers(0, 20)
+                        row[:, t0: t0 + tw] = row.mean()
+                    row += float(rng.uniform(-0.3, 0.3))
+        targets = [self.rows[i][0] for i in picks]
+        return feats, targets, [self.rows[i][1] for i in picks], [self.rows[i][2] for i in picks]
 
 
 # ---- losses ----------------------------------------------------------------
 
 
-def losses(model: AsrModel, features, targets, languages, rng: torch.Generator, auto_prob: float = 0.3,
+def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Generator, auto_prob: float = 0.3,
            diffusion_on: bool = True):
     bb = model.backbone
     device = model.device
@@ -159,8 +257,8 @@ def losses(model: AsrModel, features, targets, languages, rng: torch.Generator, 
     embeds = model.projector(frames)
     # CTC through the tied lm_head
     ctc_logp = F.log_softmax(bb.lm_head(embeds).float(), dim=-1).transpose(0, 1)
-    flat = torch.tensor([t for row in targets for t in row], dtype=torch.long, device=device)
-    lengths = torch.tensor([len(row) for row in targets], dtype=torch.long, device=device)
+    flat = torch.tensor([t for row in chars for t in row], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(row) for row in chars], dtype=torch.long, device=device)
     ctc = F.ctc_loss(ctc_logp, flat, torch.full((batch,), embeds.shape[1], dtype=torch.long, device=device), lengths,
                      blank=0, zero_infinity=True)
     if not diffusion_on:
@@ -245,23 +343,25 @@ def export(source: str, target: Path, draft_steps: int, final_steps: int) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("runs/demo/shards"), help="feature shards directory")
     parser.add_argument("--state", type=Path, default=Path("runs/demo/state.pt"))
     parser.add_argument("--out", type=Path, default=Path("runs/demo/model"))
-    parser.add_argument("--minutes", type=float, default=70.0, help="wall-clock budget (sets the lr schedule)")
+    parser.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (sets the lr schedule)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ctc-weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=float, default=240.0, help="seconds between checkpoints")
-    parser.add_argument("--eval-every", type=int, default=150, help="steps between quick evals")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="data worker processes (espeak + features)")
-    parser.add_argument("--ctc-first", type=float, default=0.0,
+    parser.add_argument("--eval-every", type=int, default=300, help="steps between quick evals")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads once all --shards are loaded")
+    parser.add_argument("--shards", type=int, default=30, help="shards to synthesize / expect in --data")
+    parser.add_argument("--ctc-first", type=float, default=2.0,
                         help="train CTC alone until its smoothed loss falls below this (0 = joint from the start)")
+    parser.add_argument("--joint-by", type=float, default=0.35, help="switch denoising on by this budget fraction")
+    parser.add_argument("--spec-augment", type=float, default=0.5, help="probability of SpecAugment per utterance")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
-    parser.add_argument("--rescale-projector", type=float, default=0.0,
-                        help="multiply the projector's output layer by this once, at start/resume "
-                             "(sharpens CTC logits through the tied lm_head; used once in the shipped run)")
+    parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
+                        help="only synthesize feature shards FIRST..FIRST+COUNT-1 into --data, then exit")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
     parser.add_argument("--draft-steps", type=int, default=2, help="with --export: the spec's draft steps")
     parser.add_argument("--final-steps", type=int, default=8, help="with --export: the spec's final steps")
@@ -269,14 +369,21 @@ def main() -> None:
     if args.export:
         export(args.export, args.out, args.draft_steps, args.final_steps)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.make_shards:
+        make_shards(args.data, *args.make_shards, seed=args.seed * 10_000_000)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model = build_demo(args.seed).to(device, torch.float32)
-    params = [p for m in (model.whisper, model.projector, model.backbone) for p in m.parameters()]
-    unique = {id(p): p for p in params}
-    params = list(unique.values())
+    tok_dir = args.state.parent / "tokenizer"
+    if tok_dir.exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    else:
+        tokenizer = build_tokenizer()
+        tokenizer.save_pretrained(tok_dir)
+    model = build_demo(args.seed, tokenizer=tokenizer).to(device, torch.float32)
+    params = list({id(p): p for m in (model.whisper, model.projector, model.backbone) for p in m.parameters()}.values())
     print(f"params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
@@ -285,16 +392,9 @@ def main() -> None:
         for name in ("whisper", "projector", "backbone"):
             getattr(model, name).load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
-        step, elapsed, best = state["step"], state["elapsed"], state.get("best", best)
-        joint = state.get("joint", joint)
+        step, elapsed, best, joint = state["step"], state["elapsed"], state["best"], state["joint"]
         print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
-    if args.rescale_projector:
-        with torch.no_grad():
-            model.projector.proj.weight.mul_(args.rescale_projector)
-            model.projector.proj.bias.mul_(args.rescale_projector)
-        print(f"projector output layer x{args.rescale_projector}", flush=True)
     model.whisper.train(), model.projector.train(), model.backbone.train()
-    args.state.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
         state = {name: getattr(model, name).state_dict() for name in ("whisper", "projector", "backbone")}
@@ -306,20 +406,30 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.update(now=True))
     evals = [demo_data.sample_utterance(900_000 + i, lang, demo_data.HELDOUT) for lang in demo_data.LANGS for i in range(2)]
-    loader = torch.utils.data.DataLoader(Stream(model, args.batch, args.seed * 10_000_000, step), batch_size=None,
-                                         num_workers=args.workers, prefetch_factor=4, persistent_workers=True)
+    pool = ShardPool(args.data, tokenizer)
+    torch.set_num_threads(1)
+    while pool.poll() == 0:
+        print("waiting for the first shard ...", flush=True)
+        time.sleep(20)
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
+    data_rng = np.random.default_rng([args.seed, step])
     budget = args.minutes * 60
     last_save = t_start = time.time()
     base = elapsed
     smooth = None
-    for _, features, targets, languages in loader:
+    full = False
+    while True:
+        if not full:
+            full = pool.poll() >= args.shards * SHARD
+            if full and args.threads:  # 1 thread while synthesis still runs beside it
+                torch.set_num_threads(args.threads)
         elapsed = base + time.time() - t_start
         frac = min(elapsed / budget, 1.0)
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (step + 1) / 300) * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
-        diffusion, ctc = losses(model, features, targets, languages, rng, diffusion_on=joint)
+        features, targets, languages, chars = pool.batch(data_rng, args.batch, args.spec_augment)
+        diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint)
         loss = diffusion + args.ctc_weight * ctc
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,15 +438,16 @@ def main() -> None:
         step += 1
         values = np.array([diffusion.item(), ctc.item()])
         smooth = values if smooth is None else 0.95 * smooth + 0.05 * values
-        if not joint and smooth[1] < args.ctc_first:
+        if not joint and (smooth[1] < args.ctc_first or frac >= args.joint_by):
             joint = True
-            print(f"step {step}: CTC loss {smooth[1]:.2f} < {args.ctc_first}, denoising loss on", flush=True)
-        if step % 10 == 0:
-            print(f"step {step} {elapsed / 60:.1f}min lr {lr:.2e} diff {smooth[0]:.3f} ctc {smooth[1]:.3f}", flush=True)
+            print(f"step {step}: CTC loss {smooth[1]:.2f}, denoising loss on", flush=True)
+        if step % 20 == 0:
+            print(f"step {step} {elapsed / 60:.1f}min lr {lr:.2e} diff {smooth[0]:.3f} ctc {smooth[1]:.3f} "
+                  f"utts {len(pool.rows)}", flush=True)
         if step % args.eval_every == 0:
             cer, ctc_cer = quick_eval(model, evals)
             print(f"eval step {step}: denoise CER {cer:.3f}  ctc-greedy CER {ctc_cer:.3f}", flush=True)
-            if cer <= best:
+            if joint and cer <= best:
                 best = cer
                 model.save(args.out)
                 print(f"saved best to {args.out}", flush=True)

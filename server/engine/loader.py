@@ -71,10 +71,12 @@ def _tiny(device: torch.device, dtype: torch.dtype) -> AsrModel:
     return build_tiny_random().to(device, dtype)
 
 
-PRESETS: dict[str, ModelSpec | Callable[[torch.device, torch.dtype], AsrModel]] = {
+PRESETS: dict[str, ModelSpec | Callable[[torch.device, torch.dtype], AsrModel] | Path] = {
     REAL_MODEL: REAL_SPEC,
     "tiny-random": _tiny,
 }
+if (DEMO_DIR / SPEC_FILE).exists():  # registered only once a trained checkpoint is shipped
+    PRESETS["demo"] = DEMO_DIR
 
 
 def resolve_model_name(name: str) -> str:
@@ -88,7 +90,7 @@ def resolve_model_name(name: str) -> str:
         log.info("model auto: CUDA is available, using %s", REAL_MODEL)
         return REAL_MODEL
     if "demo" in PRESETS:
-        log.info("model auto: no CUDA GPU, using the embedded demo model")
+        log.info("model auto: no CUDA GPU, using the embedded demo model (%s needs a GPU)", REAL_MODEL)
         return "demo"
     raise ModelLoadError(
         f"--model auto: no CUDA GPU here, and {REAL_MODEL} needs one (about 52 GB of weights). "
@@ -297,7 +299,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     parts: dict[str, str | None] | None = None,
 ) -> AsrModel:
-    """Load a preset (``diffusion-gemma-asr-small``, ``tiny-random``) or a model directory.
+    """Load a preset (``diffusion-gemma-asr-small``, ``demo``, ``tiny-random``) or a model directory.
 
     Args:
         name: preset name, or a directory holding ``dgasr.json``.
@@ -318,7 +320,7 @@ def load_model(
         return preset(device, dtype)
     if isinstance(preset, ModelSpec):
         return _load_spec(_apply_overrides(preset, overrides), None, device, dtype, name)
-    directory = Path(name).expanduser()
+    directory = preset if isinstance(preset, Path) else Path(name).expanduser()
     if not (directory / SPEC_FILE).exists():
         known = ", ".join(PRESETS)
         raise ModelLoadError(f"unknown model {name!r}: not a preset ({known}) nor a directory with {SPEC_FILE}")
@@ -326,4 +328,4 @@ def load_model(
         spec = ModelSpec.load(directory)
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{directory / SPEC_FILE}: {exc}") from None
-    return _load_spec(_apply_overrides(spec, overrides), directory, device, dtype, str(directory))
+    return _load_spec(_apply_overrides(spec, overrides), directory, device, dtype, name if preset else str(directory))
