@@ -93,9 +93,18 @@ def _in_script(language: str, word: str) -> bool:
     return all(c in _SCRIPT[language] for c in word)
 
 
+WORDS_FILE = Path(__file__).with_name("demo_words.json")
+
+
 @lru_cache(maxsize=None)
 def word_list(language: str, count: int = TOP_WORDS) -> tuple[str, ...]:
-    """The ``count`` most frequent in-script words of ``language`` (wordfreq order)."""
+    """The ``count`` most frequent in-script words of ``language`` (wordfreq order).
+
+    The default lists are read from ``demo_words.json`` (written by ``--write-words``), so
+    the data does not change with the wordfreq release and synthesis needs no wordfreq.
+    """
+    if count == TOP_WORDS and WORDS_FILE.exists():
+        return tuple(json.loads(WORDS_FILE.read_text(encoding="utf-8"))[language])
     from wordfreq import top_n_list
 
     words = [unicodedata.normalize("NFC", w) for w in top_n_list(language, count * 3)]
@@ -208,7 +217,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/demo_heldout"))
     parser.add_argument("--per-language", type=int, default=40)
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
+    parser.add_argument("--write-words", action="store_true", help=f"only (re)write {WORDS_FILE.name} from wordfreq")
     args = parser.parse_args()
+    if args.write_words:
+        word_list.cache_clear()
+        lists = {lang: list(word_list(lang, TOP_WORDS + 1)[:TOP_WORDS]) for lang in LANGS}
+        WORDS_FILE.write_text(json.dumps(lists, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        print(f"wrote {WORDS_FILE}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "transcripts.jsonl", "w") as index:
         for lang in LANGS:

@@ -165,10 +165,10 @@ def build_demo(seed: int = 0, dims: dict = DIMS, tokenizer: PreTrainedTokenizerF
 # ---- data ------------------------------------------------------------------
 
 
-def make_shards(out: Path, first: int, count: int, seed: int) -> None:
+def make_shards(out: Path, first: int, count: int, seed: int, size: int = SHARD) -> None:
     """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as log-mel features.
 
-    Each shard holds SHARD utterances (languages in turn): ``NNNN.npy`` (float16,
+    Each shard holds ``size`` utterances (languages in turn): ``NNNN.npy`` (float16,
     [SHARD, 80, frames]) and ``NNNN.jsonl`` (text, language). Written to a temporary
     name and renamed, so a trainer polling the directory never reads half a shard.
     """
@@ -180,7 +180,7 @@ def make_shards(out: Path, first: int, count: int, seed: int) -> None:
         if (out / f"{shard:04d}.npy").exists():
             continue
         feats, rows = [], []
-        for i in range(SHARD):
+        for i in range(size):
             lang = demo_data.LANGS[i % 6]
             utt = demo_data.sample_utterance(seed + shard * SHARD + i, lang)
             feats.append(fe([utt.audio], sampling_rate=16000, return_tensors="np", padding="max_length")
@@ -354,7 +354,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=float, default=240.0, help="seconds between checkpoints")
     parser.add_argument("--eval-every", type=int, default=300, help="steps between quick evals")
     parser.add_argument("--threads", type=int, default=0, help="torch threads once all --shards are loaded")
-    parser.add_argument("--shards", type=int, default=30, help="shards to synthesize / expect in --data")
+    parser.add_argument("--shards", type=int, default=16, help="shards to expect in --data")
+    parser.add_argument("--shard-size", type=int, default=SHARD, help="utterances per shard")
     parser.add_argument("--ctc-first", type=float, default=2.0,
                         help="train CTC alone until its smoothed loss falls below this (0 = joint from the start)")
     parser.add_argument("--joint-by", type=float, default=0.35, help="switch denoising on by this budget fraction")
@@ -370,7 +371,7 @@ def main() -> None:
         export(args.export, args.out, args.draft_steps, args.final_steps)
         return
     if args.make_shards:
-        make_shards(args.data, *args.make_shards, seed=args.seed * 10_000_000)
+        make_shards(args.data, *args.make_shards, seed=args.seed * 10_000_000, size=args.shard_size)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
@@ -420,7 +421,7 @@ def main() -> None:
     full = False
     while True:
         if not full:
-            full = pool.poll() >= args.shards * SHARD
+            full = pool.poll() >= args.shards * args.shard_size
             if full and args.threads:  # 1 thread while synthesis still runs beside it
                 torch.set_num_threads(args.threads)
         elapsed = base + time.time() - t_start
