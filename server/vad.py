@@ -38,12 +38,13 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import webrtcvad
 
 from server.audio import find_split_point
+from server.segments import EndReason, SegmentAudio, SegmentEnded, SegmentEvent, SegmentStarted, EventCollector
 
 __all__ = [
     "SAMPLE_RATE",
@@ -130,76 +131,6 @@ class SegmenterError(RuntimeError):
     """A call that is not allowed in the segmenter's current state."""
 
 
-class EndReason(enum.StrEnum):
-    SILENCE = "silence"
-    FORCED_SPLIT = "forced_split"
-    FINALIZE = "finalize"
-    END_OF_STREAM = "end_of_stream"
-
-
-@dataclass(frozen=True)
-class SegmentStarted:
-    segment: int
-    start: int
-
-
-@dataclass(frozen=True, eq=False)
-class SegmentAudio:
-    """Audio of the open segment, in order; a segment's audio is the concatenation."""
-
-    segment: int
-    samples: np.ndarray = field(repr=False)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SegmentAudio):
-            return NotImplemented
-        return self.segment == other.segment and np.array_equal(self.samples, other.samples)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True)
-class SegmentEnded:
-    segment: int
-    end: int
-    reason: EndReason
-
-
-SegmentEvent = SegmentStarted | SegmentAudio | SegmentEnded
-
-
-class _Events:
-    """Collects one call's events, merging adjacent audio of the same segment."""
-
-    def __init__(self) -> None:
-        self.events: list[SegmentEvent] = []
-        self._parts: list[np.ndarray] = []
-        self._segment = -1
-
-    def audio(self, segment: int, samples: np.ndarray) -> None:
-        if len(samples) == 0:
-            return
-        if self._parts and segment != self._segment:
-            self._flush()
-        self._segment = segment
-        self._parts.append(samples.copy())  # callers pass views of buffers we reuse
-
-    def add(self, event: SegmentEvent) -> None:
-        self._flush()
-        self.events.append(event)
-
-    def done(self) -> list[SegmentEvent]:
-        self._flush()
-        return self.events
-
-    def _flush(self) -> None:
-        if self._parts:
-            samples = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
-            samples.flags.writeable = False
-            self.events.append(SegmentAudio(self._segment, samples))
-            self._parts = []
-
-
 class Segmenter:
     """Turns a 16 kHz mono float32 stream into speech segments (see module docstring)."""
 
@@ -261,7 +192,7 @@ class Segmenter:
         if x.ndim != 1:
             raise ValueError(f"expected 1-D mono samples, got shape {x.shape}")
         buf = np.concatenate((self._pending, x)) if len(self._pending) else x
-        out = _Events()
+        out = EventCollector()
         n = len(buf) // self._frame
         for i in range(n):
             self._process_frame(buf[i * self._frame : (i + 1) * self._frame], out)
@@ -312,7 +243,7 @@ class Segmenter:
         self._energies.append(energy_db)
         return speech and energy_db >= min(self._energies) + self.config.energy_gate_db
 
-    def _process_frame(self, frame: np.ndarray, out: _Events) -> None:
+    def _process_frame(self, frame: np.ndarray, out: EventCollector) -> None:
         if self._state in _OPEN and self._seg_len + len(frame) > self._max_len:
             self._forced_split(out)  # may end the segment if the speech had paused
         voiced = self._is_voiced(frame)
@@ -324,7 +255,7 @@ class Segmenter:
             self._history = np.concatenate((self._history, frame))[-self._history_cap :]
             self._maybe_start(out)
 
-    def _maybe_start(self, out: _Events) -> None:
+    def _maybe_start(self, out: EventCollector) -> None:
         """Open a segment once the start window holds enough voiced frames."""
         window = list(self._flags)[-self._window_frames :]
         onset = self._onset()
@@ -365,7 +296,7 @@ class Segmenter:
                     break
         return onset
 
-    def _extend_segment(self, frame: np.ndarray, voiced: bool, out: _Events) -> None:
+    def _extend_segment(self, frame: np.ndarray, voiced: bool, out: EventCollector) -> None:
         self._seg[self._seg_len : self._seg_len + len(frame)] = frame
         self._seg_len += len(frame)
         if voiced:
@@ -379,14 +310,14 @@ class Segmenter:
                 return
         self._emit_ready(out)
 
-    def _emit_ready(self, out: _Events) -> None:
+    def _emit_ready(self, out: EventCollector) -> None:
         """Emit audio up to the last voiced frame, except the forced-split search zone."""
         limit = min(self._voiced_end, self._hold_from, self._seg_len)
         if limit > self._emitted:
             out.audio(self._next_segment - 1, self._seg[self._emitted : limit])
             self._emitted = limit
 
-    def _end_segment(self, end: int, reason: EndReason, out: _Events) -> None:
+    def _end_segment(self, end: int, reason: EndReason, out: EventCollector) -> None:
         """End the open segment at offset ``end``; the rest becomes pre-roll history."""
         segment = self._next_segment - 1
         out.audio(segment, self._seg[self._emitted : end])
@@ -398,7 +329,7 @@ class Segmenter:
         self._seg_len = self._emitted = self._voiced_end = 0
         self._state = SegmenterState.SILENCE
 
-    def _forced_split(self, out: _Events) -> None:
+    def _forced_split(self, out: EventCollector) -> None:
         """Cut a full segment at its quietest recent point; continue if speech goes on."""
         lo = max(self._emitted, self._seg_len - self._search_len)
         cut = find_split_point(self._seg, SAMPLE_RATE, lo, self._seg_len) if lo < self._seg_len else lo
@@ -419,7 +350,7 @@ class Segmenter:
         self._emit_ready(out)
 
     def _end_now(self, reason: EndReason) -> list[SegmentEvent]:
-        out = _Events()
+        out = EventCollector()
         if self._state not in _OPEN:
             return out.done()
         end = min(self._voiced_end + self._tail_len, self._seg_len)
