@@ -97,18 +97,20 @@ WORDS_FILE = Path(__file__).with_name("demo_words.json")
 
 
 @lru_cache(maxsize=None)
-def word_list(language: str, count: int = TOP_WORDS) -> tuple[str, ...]:
-    """The ``count`` most frequent in-script words of ``language`` (wordfreq order).
+def word_list(language: str) -> tuple[str, ...]:
+    """The ``TOP_WORDS`` most frequent in-script words of ``language``, from ``demo_words.json``.
 
-    The default lists are read from ``demo_words.json`` (written by ``--write-words``), so
-    the data does not change with the wordfreq release and synthesis needs no wordfreq.
+    Frozen in the repository (``--write-words`` regenerates it from wordfreq), so the data
+    does not change with the wordfreq release and synthesis needs no wordfreq.
     """
-    if count == TOP_WORDS and WORDS_FILE.exists():
-        return tuple(json.loads(WORDS_FILE.read_text(encoding="utf-8"))[language])
+    return tuple(json.loads(WORDS_FILE.read_text(encoding="utf-8"))[language])
+
+
+def _wordfreq_list(language: str) -> list[str]:
     from wordfreq import top_n_list
 
-    words = [unicodedata.normalize("NFC", w) for w in top_n_list(language, count * 3)]
-    return tuple([w for w in words if _in_script(language, w)][:count])
+    words = [unicodedata.normalize("NFC", w) for w in top_n_list(language, TOP_WORDS * 3)]
+    return [w for w in words if _in_script(language, w)][:TOP_WORDS]
 
 
 def charset() -> str:
@@ -220,8 +222,7 @@ def main() -> None:
     parser.add_argument("--write-words", action="store_true", help=f"only (re)write {WORDS_FILE.name} from wordfreq")
     args = parser.parse_args()
     if args.write_words:
-        word_list.cache_clear()
-        lists = {lang: list(word_list(lang, TOP_WORDS + 1)[:TOP_WORDS]) for lang in LANGS}
+        lists = {lang: _wordfreq_list(lang) for lang in LANGS}
         WORDS_FILE.write_text(json.dumps(lists, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
         print(f"wrote {WORDS_FILE}")
         return

@@ -26,11 +26,12 @@ Resumable: ``--state`` (and the tokenizer beside it) is written every ``--save-e
 seconds and on SIGINT/SIGTERM; rerunning the same command continues. The learning rate
 follows the wall-clock budget (``--minutes``), so a run ends on time on any machine::
 
-    python scripts/train_demo.py --data runs/demo/shards --make-shards 0 15 &
-    python scripts/train_demo.py --data runs/demo/shards --make-shards 15 15 &
+    python scripts/train_demo.py --data runs/demo/shards --make-shards 0 8 &
+    python scripts/train_demo.py --data runs/demo/shards --make-shards 8 8 &
+    wait
     python scripts/train_demo.py --data runs/demo/shards --state runs/demo/state.pt \\
         --out runs/demo/model --minutes 90 --threads 2
-    python scripts/train_demo.py --export runs/demo/model --out server/engine/demo_model
+    python scripts/train_demo.py --export runs/demo/model --out server/models/demo
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def build_tokenizer(vocab_size: int = VOCAB, texts: int = 60_000) -> PreTrainedT
     """A subword (BPE) tokenizer trained on the generator's own transcripts.
 
     Why subwords and not characters: most demo words become one or two tokens, so the
-    canvas is 32 tokens instead of ~64 characters (half the decoder cost) and the
+    canvas is 24 tokens instead of ~64 characters (half the decoder cost) and the
     denoiser places words rather than counting letters. Every character of the six
     scripts stays in the alphabet, so any transcript still encodes.
     """
@@ -169,7 +170,7 @@ def make_shards(out: Path, first: int, count: int, seed: int, size: int = SHARD)
     """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as log-mel features.
 
     Each shard holds ``size`` utterances (languages in turn): ``NNNN.npy`` (float16,
-    [SHARD, 80, frames]) and ``NNNN.jsonl`` (text, language). Written to a temporary
+    [size, 80, frames]) and ``NNNN.jsonl`` (text, language). Written to a temporary
     name and renamed, so a trainer polling the directory never reads half a shard.
     """
     import json
@@ -213,7 +214,7 @@ class ShardPool:
     def __init__(self, root: Path, tokenizer) -> None:
         self.root, self.tokenizer = root, tokenizer
         self.feats: list[np.ndarray] = []
-        self.rows: list[tuple[list[int], str]] = []
+        self.rows: list[tuple[list[int], str, list[int]]] = []  # (subword ids, language, char ids)
         self.loaded: set[str] = set()
 
     def poll(self) -> int:
@@ -353,8 +354,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=float, default=240.0, help="seconds between checkpoints")
     parser.add_argument("--eval-every", type=int, default=300, help="steps between quick evals")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads once all --shards are loaded")
-    parser.add_argument("--shards", type=int, default=16, help="shards to expect in --data")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--shard-size", type=int, default=SHARD, help="utterances per shard")
     parser.add_argument("--ctc-first", type=float, default=2.0,
                         help="train CTC alone until its smoothed loss falls below this (0 = joint from the start)")
@@ -407,8 +407,9 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.update(now=True))
     evals = [demo_data.sample_utterance(900_000 + i, lang, demo_data.HELDOUT) for lang in demo_data.LANGS for i in range(2)]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pool = ShardPool(args.data, tokenizer)
-    torch.set_num_threads(1)
     while pool.poll() == 0:
         print("waiting for the first shard ...", flush=True)
         time.sleep(20)
@@ -418,12 +419,9 @@ def main() -> None:
     last_save = t_start = time.time()
     base = elapsed
     smooth = None
-    full = False
     while True:
-        if not full:
-            full = pool.poll() >= args.shards * args.shard_size
-            if full and args.threads:  # 1 thread while synthesis still runs beside it
-                torch.set_num_threads(args.threads)
+        if step % 200 == 0:  # shards still being synthesized join as they land
+            pool.poll()
         elapsed = base + time.time() - t_start
         frac = min(elapsed / budget, 1.0)
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * frac)))

@@ -44,7 +44,7 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done
 echo "synthesized $shards shards of $size in $(( $(date +%s) - t0 )) s on $workers cores"
 
-"$py" scripts/train_demo.py --data "$out/shards" --shards "$shards" --shard-size "$size" \
+"$py" scripts/train_demo.py --data "$out/shards" \
   --state "$out/state.pt" --out "$out/model" --minutes "$minutes" --batch 64 --eval-every 500 \
   --ctc-first 1.0 --joint-by 0.3 2>&1 | tee "$out/train.log" | { grep -e "^eval" -e denois -e stopped || true; }
 best="$out/model"; [ -f "$best/dgasr.json" ] || best="$out/model-last"   # best is saved once denoising is on
