@@ -2,7 +2,8 @@
 """Word/character error rates of a model on the held-out synthetic set, offline and via the server.
 
 Prints one table: WER for en/de/fr/es and CER for hi/zh,
-(a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps, and
+(a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps (and, for a
+    model whose canvas starts from its CTC reading, that reading alone: "ctc start"), and
 (b) through a running ``DgasrServer`` with real websocket clients streaming the held-out
     wavs at real-time pace (several sessions at once): the finals, and the last partial of
     each segment. Also prints the real-time factor of a final at the model's default steps.
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
-from server.engine.denoise import run_batch  # noqa: E402
+from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
 
@@ -71,6 +72,20 @@ def offline(model, rows: list[dict], steps: int, batch: int = 8) -> tuple[list[s
         reqs = [TranscribeRequest(audio=r["wav"], language=r["language"], steps=steps, seed=0) for r in chunk]
         hyps += [res.text for res in run_batch(model, reqs)]
     return hyps, time.perf_counter() - t0
+
+
+def ctc_start(model, rows: list[dict], batch: int = 8) -> list[str]:
+    """The canvas a ``canvas_start="ctc"`` model starts from, decoded: what 0 denoising steps would say."""
+    import torch
+
+    hyps: list[str] = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            feats = model.feature_extractor([r["wav"] for r in rows[i : i + batch]], sampling_rate=16000,
+                                            return_tensors="pt", padding="max_length").input_features
+            embeds = model.projector(model.whisper(feats.to(model.whisper.dtype)).last_hidden_state)
+            hyps += [model.decode(c) for c in ctc_canvases(model, embeds).tolist()]
+    return hyps
 
 
 def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
@@ -146,6 +161,8 @@ def main() -> None:
     langs = list(dict.fromkeys(r["language"] for r in rows))
     model = load_model(args.model, "cpu")
     columns: dict[str, list[str]] = {}
+    if model.spec.canvas_start == "ctc":
+        columns["ctc start"] = ctc_start(model, rows)
     for steps in [int(s) for s in args.steps.split(",")]:
         hyps, secs = offline(model, rows, steps)
         columns[f"{steps} steps"] = hyps

@@ -14,13 +14,18 @@ from every shard finished so far (new ones join as they land), adds SpecAugment,
 minimises
 
 * CTC on the projector outputs read through the tied lm_head (blank = pad id 0), alone
-  at first (``--ctc-first``), which makes the audio embeddings transcript-predictive;
+  at first (``--ctc-first``), which makes the audio embeddings transcript-predictive. Its
+  targets are one id per character (``--ctc-units chars``, stage 1: dense labels, the
+  acoustic side learns fastest) or the canvas's own subword ids (``tokens``, stage 2,
+  started ``--init-from`` stage 1), which makes the greedy CTC reading a canvas;
 * then also uniform-diffusion denoising: a random fraction t ~ U(0, 1) of the target
   canvas (text, end-of-sequence, padding) is replaced by uniformly random ids and the
   decoder, reading the prompt KV cache built by
   :func:`server.engine.denoise.encode_prompts`, predicts the originals (cross-entropy
   over the whole canvas); with probability 0.5 a no-grad pass first supplies
-  ``self_conditioning_logits``.
+  ``self_conditioning_logits``. A ``--seeded`` fraction of rows instead starts from the
+  model's own greedy CTC canvas (:func:`server.engine.denoise.ctc_canvases`) with a
+  little noise: where inference starts, since the demo declares ``canvas_start="ctc"``.
 
 Resumable: ``--state`` (and the tokenizer beside it) is written every ``--save-every``
 seconds and on SIGINT/SIGTERM; rerunning the same command continues. The learning rate
@@ -29,8 +34,10 @@ follows the wall-clock budget (``--minutes``), so a run ends on time on any mach
     python scripts/train_demo.py --data runs/demo/shards --make-shards 0 8 &
     python scripts/train_demo.py --data runs/demo/shards --make-shards 8 8 &
     wait
+    python scripts/train_demo.py --data runs/demo/shards --state runs/demo/stage1.pt \\
+        --out runs/demo/stage1 --minutes 90 --threads 2 --ctc-units chars --ctc-first 1e-9 --joint-by 2
     python scripts/train_demo.py --data runs/demo/shards --state runs/demo/state.pt \\
-        --out runs/demo/model --minutes 90 --threads 2
+        --out runs/demo/model --init-from runs/demo/stage1.pt --minutes 110 --threads 2
     python scripts/train_demo.py --export runs/demo/model --out server/models/demo
 """
 
@@ -61,7 +68,7 @@ from transformers import (  # noqa: E402
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder  # noqa: E402
 
-from server.engine.denoise import encode_prompts  # noqa: E402
+from server.engine.denoise import ctc_canvases, encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 from server.engine.projector import AudioProjector  # noqa: E402
 from server.engine.spec import LANGUAGES, ModelSpec, ProjectorConfig  # noqa: E402
@@ -91,6 +98,7 @@ def demo_spec(dims: dict) -> ModelSpec:
         draft_steps=2,
         final_steps=8,
         projector=projector,
+        canvas_start="ctc",
     )
 
 
@@ -250,7 +258,7 @@ class ShardPool:
 
 
 def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Generator, auto_prob: float = 0.3,
-           diffusion_on: bool = True):
+           diffusion_on: bool = True, ctc_units: str = "tokens", seeded: float = 0.5):
     bb = model.backbone
     device = model.device
     batch = features.shape[0]
@@ -258,8 +266,9 @@ def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Gene
     embeds = model.projector(frames)
     # CTC through the tied lm_head
     ctc_logp = F.log_softmax(bb.lm_head(embeds).float(), dim=-1).transpose(0, 1)
-    flat = torch.tensor([t for row in chars for t in row], dtype=torch.long, device=device)
-    lengths = torch.tensor([len(row) for row in chars], dtype=torch.long, device=device)
+    units = chars if ctc_units == "chars" else targets
+    flat = torch.tensor([t for row in units for t in row], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(row) for row in units], dtype=torch.long, device=device)
     ctc = F.ctc_loss(ctc_logp, flat, torch.full((batch,), embeds.shape[1], dtype=torch.long, device=device), lengths,
                      blank=0, zero_infinity=True)
     if not diffusion_on:
@@ -277,8 +286,18 @@ def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Gene
     target = target.to(device)
     t = torch.rand((batch, 1), generator=rng).to(device)
     noise = torch.randint(0, vocab, (batch, length), generator=rng).to(device)
+    start = target
+    if seeded and ctc_units == "tokens":
+        # Rows that start where inference starts (canvas_start="ctc"): the model's own
+        # greedy CTC reading, with its real substitutions, insertions and deletions, plus
+        # a little uniform noise; the rest follow the recipe from the clean target.
+        with torch.no_grad():
+            own = ctc_canvases(model, embeds.detach())
+        pick = (torch.rand((batch, 1), generator=rng) < seeded).to(device)
+        start = torch.where(pick, own, target)
+        t = torch.where(pick, t * 0.3, t)
     replace = torch.rand((batch, length), generator=rng).to(device) < t
-    canvas = torch.where(replace, noise, target)
+    canvas = torch.where(replace, noise, start)
     positions = torch.arange(prompts.shape[1], prompts.shape[1] + length, dtype=torch.int32, device=device)[None]
     mask = bb.model.decoder.create_diffusion_decoder_attention_mask(
         config=bb.config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache,
@@ -361,6 +380,12 @@ def main() -> None:
     parser.add_argument("--joint-by", type=float, default=0.35, help="switch denoising on by this budget fraction")
     parser.add_argument("--spec-augment", type=float, default=0.5, help="probability of SpecAugment per utterance")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
+    parser.add_argument("--ctc-units", choices=("chars", "tokens"), default="tokens",
+                        help="CTC targets: one id per character, or the canvas's own subword ids")
+    parser.add_argument("--seeded", type=float, default=0.5,
+                        help="fraction of denoising rows that start from the model's own CTC reading")
+    parser.add_argument("--init-from", type=Path, metavar="STATE",
+                        help="start from the weights of another run's state (new optimizer and schedule)")
     parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
                         help="only synthesize feature shards FIRST..FIRST+COUNT-1 into --data, then exit")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
@@ -388,6 +413,11 @@ def main() -> None:
     print(f"params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
+    if args.init_from and not args.state.exists():
+        state = torch.load(args.init_from, map_location=device, weights_only=False)
+        for name in ("whisper", "projector", "backbone"):
+            getattr(model, name).load_state_dict(state[name])
+        print(f"initialised from {args.init_from} (step {state['step']})", flush=True)
     if args.state.exists():
         state = torch.load(args.state, map_location=device, weights_only=False)
         for name in ("whisper", "projector", "backbone"):
@@ -428,7 +458,8 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         features, targets, languages, chars = pool.batch(data_rng, args.batch, args.spec_augment)
-        diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint)
+        diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint,
+                                ctc_units=args.ctc_units, seeded=args.seeded)
         loss = diffusion + args.ctc_weight * ctc
         opt.zero_grad(set_to_none=True)
         loss.backward()

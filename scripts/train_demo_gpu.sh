@@ -44,9 +44,17 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done
 echo "synthesized $shards shards of $size in $(( $(date +%s) - t0 )) s on $workers cores"
 
-"$py" scripts/train_demo.py --data "$out/shards" \
-  --state "$out/state.pt" --out "$out/model" --minutes "$minutes" --batch 64 --eval-every 500 \
-  --ctc-first 1.0 --joint-by 0.3 2>&1 | tee "$out/train.log" | { grep -e "^eval" -e denois -e stopped || true; }
+# Stage 1 (40% of the minutes): CTC alone, one target per character, which teaches the
+# acoustic side fastest. Stage 2: CTC on the canvas's own subword ids, then also denoising,
+# half the rows starting from the model's own CTC reading (see docs/demo-model.md).
+stage1=$(( minutes * 2 / 5 > 0 ? minutes * 2 / 5 : 1 ))
+"$py" scripts/train_demo.py --data "$out/shards" --state "$out/stage1.pt" --out "$out/stage1" \
+  --minutes "$stage1" --batch 64 --eval-every 500 --ctc-units chars --ctc-first 1e-9 --joint-by 2 \
+  2>&1 | tee "$out/train_stage1.log" | { grep -e "^eval" -e stopped || true; }
+"$py" scripts/train_demo.py --data "$out/shards" --state "$out/state.pt" --out "$out/model" \
+  --init-from "$out/stage1.pt" --minutes "$(( minutes - stage1 > 0 ? minutes - stage1 : 1 ))" --batch 64 --eval-every 500 \
+  --ctc-units tokens --ctc-first 1.0 --joint-by 0.3 \
+  2>&1 | tee "$out/train.log" | { grep -e "^eval" -e denois -e stopped || true; }
 best="$out/model"; [ -f "$best/dgasr.json" ] || best="$out/model-last"   # best is saved once denoising is on
 "$py" scripts/train_demo.py --export "$best" --out "$out/demo"
 "$py" scripts/demo_data.py --out "$out/heldout" --per-language "$heldout"

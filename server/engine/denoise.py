@@ -9,7 +9,10 @@ How this works
 3. Requests are grouped by prompt length (the language hint may change it) and each
    group's prompts, with the embeddings scattered into the audio placeholder slots, go
    through DiffusionGemma's causal encoder once, building the read-only KV cache.
-4. The bidirectional decoder denoises every row's canvas, one forward pass per step for
+4. Each row's canvas starts from its warm start if it has one, else from the model's
+   ``canvas_start``: uniformly random tokens, or (``"ctc"``) the greedy CTC reading of
+   its audio embeddings (:func:`ctc_canvases`).
+5. The bidirectional decoder denoises every row's canvas, one forward pass per step for
    the whole group, with the transformers sampler pieces (temperature schedule, entropy-
    bound acceptance, stable-and-confident stopping) applied row by row.
 
@@ -43,7 +46,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 from .model import AsrModel
 from .types import AudioTooLong, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
 
-__all__ = ["validate_request", "run_batch", "encode_prompts", "denoise"]
+__all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "denoise"]
 
 
 class _SeededSampler(EntropyBoundSampler):
@@ -148,6 +151,28 @@ def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torc
     return out.past_key_values
 
 
+def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor) -> torch.Tensor:
+    """Greedy CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
+
+    The embeddings go through the tied lm_head, the argmax per audio token is collapsed
+    (repeats merged, blanks dropped; blank is the pad id, as in training), then cut to
+    fit, closed by end-of-sequence and padded: exactly the layout of a training target,
+    so the denoiser sees the kind of canvas it was trained to correct.
+    """
+    bb = model.backbone
+    blank = bb.config.text_config.pad_token_id
+    length = bb.config.canvas_length
+    best = bb.lm_head(audio_embeds.to(bb.dtype)).argmax(-1)
+    keep = best != blank
+    keep[:, 1:] &= best[:, 1:] != best[:, :-1]
+    canvases = torch.full((best.shape[0], length), blank, dtype=torch.long, device=best.device)
+    for row, (ids, mask) in enumerate(zip(best, keep)):
+        tokens = ids[mask][: length - 1]
+        canvases[row, : tokens.shape[0]] = tokens
+        canvases[row, tokens.shape[0]] = model.eos_token_id
+    return canvases
+
+
 def denoise(
     model: AsrModel,
     cache: DynamicCache,
@@ -250,9 +275,11 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         cache = encode_prompts(model, ids, embeds[members])
         tb = _sync(device)
         generators = [torch.Generator(device=device).manual_seed(requests[i].seed) for i in members]
+        seeded = ctc_canvases(model, embeds[members]) if model.spec.canvas_start == "ctc" else None
         starts = [
-            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas else None
-            for i in members
+            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas
+            else seeded[k] if seeded is not None else None
+            for k, i in enumerate(members)
         ]
         rows, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
         tc = _sync(device)

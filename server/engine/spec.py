@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LANGUAGES", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
+__all__ = ["LANGUAGES", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
 
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
 SPEC_FILE = "dgasr.json"
+CANVAS_STARTS = ("random", "ctc")
 FORMAT_VERSION = 1
 
 
@@ -66,6 +67,11 @@ class ModelSpec:
     ``prompt_template`` contains ``{audio}`` (expanded to begin-of-audio, ``audio_tokens``
     placeholders and end-of-audio) and ``{language}`` (replaced by ``language_hints[code]``,
     or ``language_hints["auto"]`` when no language was given).
+
+    ``canvas_start`` is where a pass without a warm start begins: ``"random"`` (uniformly
+    random tokens, DiffusionGemma's own start) or ``"ctc"`` (the greedy CTC reading of the
+    audio embeddings through the lm_head, which the CTC training loss makes meaningful;
+    the denoiser then corrects a nearly right canvas instead of inventing one).
     """
 
     name: str
@@ -83,6 +89,11 @@ class ModelSpec:
     sampler: SamplerSettings = SamplerSettings()
     projector: ProjectorConfig = ProjectorConfig()
     merge_lora: bool = True
+    canvas_start: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.canvas_start not in CANVAS_STARTS:
+            raise ValueError(f"canvas_start must be one of {', '.join(CANVAS_STARTS)}, got {self.canvas_start!r}")
 
     @property
     def window_samples(self) -> int:
