@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
-from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
+from server.engine.denoise import _features, ctc_canvases, run_batch  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
 
@@ -81,9 +81,8 @@ def ctc_start(model, rows: list[dict], batch: int = 8) -> list[str]:
     hyps: list[str] = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch):
-            feats = model.feature_extractor([r["wav"] for r in rows[i : i + batch]], sampling_rate=16000,
-                                            return_tensors="pt", padding="max_length").input_features
-            embeds = model.projector(model.whisper(feats.to(model.whisper.dtype)).last_hidden_state)
+            feats = _features(model, [r["wav"] for r in rows[i : i + batch]])
+            embeds = model.projector(model.whisper(feats).last_hidden_state)
             hyps += [model.decode(c) for c in ctc_canvases(model, embeds).tolist()]
     return hyps
 

@@ -24,7 +24,7 @@ minimises
   :func:`server.engine.denoise.encode_prompts`, predicts the originals (cross-entropy
   over the whole canvas); with probability 0.5 a no-grad pass first supplies
   ``self_conditioning_logits``. A ``--seeded`` fraction of rows instead starts from the
-  model's own greedy CTC canvas (:func:`server.engine.denoise.ctc_canvases`) with a
+  model's own greedy CTC canvas (:func:`server.engine.denoise.ctc_collapse`) with a
   little noise: where inference starts, since the demo declares ``canvas_start="ctc"``.
 
 Resumable: ``--state`` (and the tokenizer beside it) is written every ``--save-every``
@@ -68,7 +68,7 @@ from transformers import (  # noqa: E402
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder  # noqa: E402
 
-from server.engine.denoise import ctc_canvases, encode_prompts  # noqa: E402
+from server.engine.denoise import ctc_collapse, encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 from server.engine.projector import AudioProjector  # noqa: E402
 from server.engine.spec import LANGUAGES, ModelSpec, ProjectorConfig  # noqa: E402
@@ -206,8 +206,7 @@ def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Gene
         # Rows that start where inference starts (canvas_start="ctc"): the model's own
         # greedy CTC reading, with its real substitutions, insertions and deletions, plus
         # a little uniform noise; the rest follow the recipe from the clean target.
-        with torch.no_grad():
-            own = ctc_canvases(model, embeds.detach())
+        own = ctc_collapse(model, ctc_logp.detach().argmax(-1).transpose(0, 1))
         pick = (torch.rand((batch, 1), generator=rng) < seeded).to(device)
         start = torch.where(pick, own, target)
         t = torch.where(pick, t * 0.3, t)

@@ -46,7 +46,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 from .model import AsrModel
 from .types import AudioTooLong, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
 
-__all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "denoise"]
+__all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "ctc_collapse", "denoise"]
 
 
 class _SeededSampler(EntropyBoundSampler):
@@ -154,15 +154,23 @@ def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torc
 def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor) -> torch.Tensor:
     """Greedy CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
 
-    The embeddings go through the tied lm_head, the argmax per audio token is collapsed
-    (repeats merged, blanks dropped; blank is the pad id, as in training), then cut to
-    fit, closed by end-of-sequence and padded: exactly the layout of a training target,
-    so the denoiser sees the kind of canvas it was trained to correct.
+    The embeddings go through the tied lm_head and :func:`ctc_collapse` lays out the argmax.
+    """
+    bb = model.backbone
+    return ctc_collapse(model, bb.lm_head(audio_embeds.to(bb.dtype)).argmax(-1))
+
+
+def ctc_collapse(model: AsrModel, best: torch.Tensor) -> torch.Tensor:
+    """Per-audio-token argmax ids (batch, audio_tokens) -> canvases (batch, canvas_length).
+
+    Repeats merged, blanks dropped (blank is the pad id, as in training), then cut to fit,
+    closed by end-of-sequence and padded: exactly the layout of a training target, so the
+    denoiser sees the kind of canvas it was trained to correct. (The trainer calls this
+    on the argmax of the CTC logits it already has.)
     """
     bb = model.backbone
     blank = bb.config.text_config.pad_token_id
     length = bb.config.canvas_length
-    best = bb.lm_head(audio_embeds.to(bb.dtype)).argmax(-1)
     keep = best != blank
     keep[:, 1:] &= best[:, 1:] != best[:, :-1]
     canvases = torch.full((best.shape[0], length), blank, dtype=torch.long, device=best.device)
@@ -275,12 +283,14 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         cache = encode_prompts(model, ids, embeds[members])
         tb = _sync(device)
         generators = [torch.Generator(device=device).manual_seed(requests[i].seed) for i in members]
-        seeded = ctc_canvases(model, embeds[members]) if model.spec.canvas_start == "ctc" else None
-        starts = [
-            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas
-            else seeded[k] if seeded is not None else None
-            for k, i in enumerate(members)
+        starts: list[torch.Tensor | None] = [
+            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas else None
+            for i in members
         ]
+        cold = [k for k, start in enumerate(starts) if start is None]
+        if cold and model.spec.canvas_start == "ctc":
+            for k, canvas in zip(cold, ctc_canvases(model, embeds[[members[k] for k in cold]])):
+                starts[k] = canvas
         rows, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
         tc = _sync(device)
         for i, row, n in zip(members, rows, ran):
