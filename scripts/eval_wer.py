@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="offline columns: cpu, cuda or cuda:N (the server runs on cpu)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     import torch
@@ -158,7 +159,7 @@ def main() -> None:
         rows = [r for r in rows if seen.setdefault(r["language"], 0) < args.per_language and not seen.update(
             {r["language"]: seen[r["language"]] + 1})]
     langs = list(dict.fromkeys(r["language"] for r in rows))
-    model = load_model(args.model, "cpu")
+    model = load_model(args.model, args.device)
     columns: dict[str, list[str]] = {}
     if model.spec.canvas_start == "ctc":
         columns["ctc start"] = ctc_start(model, rows)
@@ -185,7 +186,8 @@ def main() -> None:
     for lang in langs:
         metric = "CER" if lang in CER_LANGS else "WER"
         print(f"{lang:4} {metric:6} | " + " | ".join(f"{100 * table[n][lang]:18.1f}%" for n in names))
-    print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, CPU threads {args.threads}: "
+    where = f"CPU threads {args.threads}" if model.device.type == "cpu" else str(model.device)
+    print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, {where}: "
           f"{rtf:.1f}x real time (median over utterances); full {model.spec.window_seconds:g} s window: "
           f"{window_rtf:.1f}x real time")
     if latencies:

@@ -298,8 +298,9 @@ def main() -> None:
                         help="CTC targets: one id per character, or the canvas's own subword ids")
     parser.add_argument("--seeded", type=float, default=0.5,
                         help="fraction of denoising rows that start from the model's own CTC reading")
-    parser.add_argument("--init-from", type=Path, metavar="STATE",
-                        help="start from the weights of another run's state (new optimizer and schedule)")
+    parser.add_argument("--init-from", type=Path, metavar="STATE_OR_MODEL",
+                        help="start from the weights of another run's state file or of a saved model "
+                             "directory, whose tokenizer it then uses (new optimizer and schedule)")
     parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
                         help="only synthesize feature shards FIRST..FIRST+COUNT-1 into --data, then exit")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
@@ -313,8 +314,13 @@ def main() -> None:
         make_shards(args.data, *args.make_shards, seed=args.seed * 10_000_000, size=args.shard_size)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 weights, TF32 matmuls
     torch.manual_seed(args.seed)
     tok_dir = args.state.parent / "tokenizer"
+    if args.init_from and args.init_from.is_dir() and not tok_dir.exists():  # a model directory brings its own
+        import shutil
+
+        shutil.copytree(args.init_from / "tokenizer", tok_dir)
     if tok_dir.exists():
         from transformers import AutoTokenizer
 
@@ -328,7 +334,14 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
     if args.init_from and not args.state.exists():
-        state = torch.load(args.init_from, map_location=device, weights_only=False)
+        if args.init_from.is_dir():  # a saved model (fp16 export included): weights only
+            from server.engine.loader import load_model
+
+            source = load_model(str(args.init_from), "cpu")
+            state = {name: getattr(source, name).state_dict() for name in ("whisper", "projector", "backbone")}
+            state["step"] = "model directory"
+        else:
+            state = torch.load(args.init_from, map_location=device, weights_only=False)
         for name in ("whisper", "projector", "backbone"):
             getattr(model, name).load_state_dict(state[name])
         print(f"initialised from {args.init_from} (step {state['step']})", flush=True)
