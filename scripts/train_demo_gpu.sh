@@ -38,6 +38,26 @@ if [ -d .whl ]; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
+if ! espeak-ng --version >/dev/null 2>&1; then
+  # espeak-ng links libpcaudio, whose playback needs ALSA and PulseAudio libraries that a
+  # bare GPU image may lack. --stdout never plays, so a libpcaudio without devices will do.
+  mkdir -p /tmp/pcaudio
+  cat >/tmp/pcaudio/stub.c <<'EOF'
+#include <stddef.h>
+#include <stdint.h>
+void *create_audio_device_object(const char *d, const char *a, const char *n) { return NULL; }
+int audio_object_open(void *o, int f, uint32_t r, uint8_t c) { return -1; }
+void audio_object_close(void *o) {}
+void audio_object_destroy(void *o) {}
+int audio_object_write(void *o, const void *d, size_t b) { return -1; }
+int audio_object_drain(void *o) { return 0; }
+int audio_object_flush(void *o) { return 0; }
+const char *audio_object_strerror(void *o, int e) { return "no audio device"; }
+EOF
+  cc -shared -fPIC -o /tmp/pcaudio/libpcaudio.so.0 /tmp/pcaudio/stub.c
+  export LD_LIBRARY_PATH=/tmp/pcaudio:${LD_LIBRARY_PATH:-}
+  echo "espeak-ng: using a libpcaudio without playback (no audio libraries here)"
+fi
 espeak-ng -v en --stdout "check" >/dev/null
 "$py" -c "import jiwer, numpy, safetensors, soundfile, soxr, tokenizers, torch, transformers" \
   || { echo "missing Python packages: put their wheels in .whl/" >&2; exit 1; }
