@@ -298,6 +298,8 @@ def main() -> None:
                         help="CTC targets: one id per character, or the canvas's own subword ids")
     parser.add_argument("--seeded", type=float, default=0.5,
                         help="fraction of denoising rows that start from the model's own CTC reading")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast (weights stay fp32): 1.3-1.5x faster steps on a CPU with AVX512-BF16")
     parser.add_argument("--init-from", type=Path, metavar="STATE_OR_MODEL",
                         help="start from the weights of another run's state file or of a saved model "
                              "directory, whose tokenizer it then uses (new optimizer and schedule)")
@@ -385,8 +387,9 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         features, targets, languages, chars = pool.batch(data_rng, args.batch, args.spec_augment)
-        diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint,
-                                ctc_units=args.ctc_units, seeded=args.seeded)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint,
+                                    ctc_units=args.ctc_units, seeded=args.seeded)
         loss = diffusion + args.ctc_weight * ctc
         opt.zero_grad(set_to_none=True)
         loss.backward()
