@@ -76,6 +76,15 @@ done
 "$py" scripts/demo_data.py --out "$out/heldout" --per-language "$heldout" >"$out/heldout.log" 2>&1 &
 heldout_pid=$!
 
+# While the first shards are synthesized: two joint steps, a quick eval and a save on a
+# 16-utterance shard, so a failure on this device shows in seconds, not after stage 1.
+"$py" scripts/train_demo.py --data "$out/smoke/shards" --shard-size 16 --make-shards 0 1 >/dev/null
+"$py" scripts/train_demo.py --data "$out/smoke/shards" --state "$out/smoke/state.pt" --out "$out/smoke/model" \
+  --batch 8 --max-steps 2 --eval-every 2 --ctc-first 0 --threads 2 ${INIT_FROM:+--init-from "$INIT_FROM"} \
+  >"$out/smoke.log" 2>&1 || { tail -30 "$out/smoke.log" >&2; exit 1; }
+[ -d "$out/tokenizer" ] || cp -r "$out/smoke/tokenizer" "$out/tokenizer"
+echo "smoke test passed: joint training, eval and save on $dev"
+
 # Stage 1 (40% of the training time): CTC alone, one target per character, which teaches
 # the acoustic side fastest. Stage 2: CTC on the canvas's own subword ids, then also
 # denoising, half the rows starting from the model's own CTC reading (docs/demo-model.md).
