@@ -64,6 +64,8 @@ from demo_shards import SHARD, ShardPool, make_shards  # noqa: E402
 from server.engine.denoise import ctc_collapse, encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 
+PARTS = ("whisper", "projector", "backbone")  # the trained modules, as saved in a state file
+
 # ---- losses ----------------------------------------------------------------
 
 
@@ -210,7 +212,7 @@ def main() -> None:
         tokenizer = build_tokenizer()
         tokenizer.save_pretrained(tok_dir)
     model = build_demo(args.seed, tokenizer=tokenizer).to(device, torch.float32)
-    params = list({id(p): p for m in (model.whisper, model.projector, model.backbone) for p in m.parameters()}.values())
+    params = list({id(p): p for name in PARTS for p in getattr(model, name).parameters()}.values())
     print(f"params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
@@ -219,16 +221,16 @@ def main() -> None:
             from server.engine.loader import load_model
 
             source = load_model(str(args.init_from), "cpu")
-            state = {name: getattr(source, name).state_dict() for name in ("whisper", "projector", "backbone")}
+            state = {name: getattr(source, name).state_dict() for name in PARTS}
             state["step"] = "model directory"
         else:
             state = torch.load(args.init_from, map_location=device, weights_only=False)
-        for name in ("whisper", "projector", "backbone"):
+        for name in PARTS:
             getattr(model, name).load_state_dict(state[name])
         print(f"initialised from {args.init_from} (step {state['step']})", flush=True)
     if args.state.exists():
         state = torch.load(args.state, map_location=device, weights_only=False)
-        for name in ("whisper", "projector", "backbone"):
+        for name in PARTS:
             getattr(model, name).load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
         step, elapsed, best, joint = state["step"], state["elapsed"], state["best"], state["joint"]
@@ -236,7 +238,7 @@ def main() -> None:
     model.whisper.train(), model.projector.train(), model.backbone.train()
 
     def save() -> None:
-        state = {name: getattr(model, name).state_dict() for name in ("whisper", "projector", "backbone")}
+        state = {name: getattr(model, name).state_dict() for name in PARTS}
         state.update(opt=opt.state_dict(), step=step, elapsed=elapsed, best=best, joint=joint)
         torch.save(state, str(args.state) + ".tmp")
         Path(str(args.state) + ".tmp").replace(args.state)
