@@ -36,6 +36,7 @@ import sys
 from contextlib import suppress
 from typing import TextIO
 
+from server.audio import RAW_SUFFIXES
 from server.protocol import LANGUAGES, Closed, Encoding, Error, ListenParams, ParamError, Ready, ServerMessage
 
 from .output import FORMATS, Sink, make_sink
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the transcript to FILE instead of stdout")
     p.add_argument("--realtime", action="store_true",
                    help="send file or stdin audio at real-time speed, as a microphone would")
-    p.add_argument("--rate", type=int, metavar="HZ", help="sample rate of raw stdin PCM (default: 16000)")
+    p.add_argument("--rate", type=int, metavar="HZ",
+                   help="sample rate of raw PCM: stdin, or headerless .raw/.pcm/.s16 files (default: 16000)")
     p.add_argument("--encoding", choices=[e.value for e in Encoding], default=Encoding.PCM_S16LE.value,
                    help="sample format of raw stdin PCM, and the format sent to the server (default: %(default)s)")
     p.add_argument("--device", metavar="NAME|INDEX", help="microphone to use (default: the system default input)")
@@ -139,7 +141,8 @@ def _open_source(args: argparse.Namespace, console: _Console) -> FileSource | St
     if args.input == "-":
         return StdinSource(sample_rate=args.rate or 16000, encoding=encoding, chunk_ms=args.chunk_ms,
                            realtime=args.realtime)
-    return FileSource(args.input, chunk_ms=args.chunk_ms, encoding=encoding, realtime=args.realtime)
+    return FileSource(args.input, chunk_ms=args.chunk_ms, encoding=encoding, realtime=args.realtime,
+                      raw_rate=args.rate or 16000)
 
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -147,8 +150,9 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         return
     if args.mic == (args.input is not None):
         parser.error("give exactly one input: FILE, - (stdin) or --mic")
-    if args.rate is not None and args.input != "-":
-        parser.error("--rate only applies to raw stdin input (-); files and microphones declare their own rate")
+    if args.rate is not None and args.input != "-" and not str(args.input).lower().endswith(RAW_SUFFIXES):
+        parser.error("--rate only applies to raw PCM (stdin -, or .raw/.pcm/.s16 files); "
+                     "other files and microphones declare their own rate")
     if args.realtime and args.mic:
         parser.error("--realtime is for file or stdin input; a microphone is real time already")
     if args.device is not None and not args.mic:

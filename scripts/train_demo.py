@@ -1,43 +1,33 @@
 #!/usr/bin/env python
-"""Train the embedded ``demo`` model on synthetic espeak-ng speech (CPU or CUDA).
+"""Train the embedded ``demo`` model on synthetic speech, over a frozen pretrained whisper-base encoder.
 
 How this works
 --------------
-The model is the production architecture at small sizes (:func:`demo_model.build_demo`):
-a WhisperEncoder, the AudioProjector, a DiffusionGemmaForBlockDiffusion and a subword
-tokenizer trained on the generator's transcripts (:func:`demo_model.build_tokenizer`).
+The model (:func:`demo_model.build_demo`) is whisper-base's encoder (frozen, imported by
+``scripts/import_whisper.py``), a trained projector and a small DiffusionGemma. Because
+the encoder is frozen, its frames are computed once, when the speech is synthesized
+(``--make-shards``, :mod:`demo_shards`), and training touches only the projector and the
+backbone. The trainer samples batches of one encoder bucket from every shard finished so
+far (new ones join as they land) and minimises
 
-Data is synthesized ahead into feature shards (``--make-shards``, one process per core;
-:mod:`demo_data` speech, augmented, as 4 s log-mel windows), because espeak-ng and the
-feature extractor cost as much CPU as a training step. The trainer samples uniformly
-from every shard finished so far (new ones join as they land), adds SpecAugment, and
-minimises
-
-* CTC on the projector outputs read through the tied lm_head (blank = pad id 0), alone
-  at first (``--ctc-first``), which makes the audio embeddings transcript-predictive. Its
-  targets are one id per character (``--ctc-units chars``, stage 1: dense labels, the
-  acoustic side learns fastest) or the canvas's own subword ids (``tokens``, stage 2,
-  started ``--init-from`` stage 1), which makes the greedy CTC reading a canvas;
-* then also uniform-diffusion denoising: a random fraction t ~ U(0, 1) of the target
-  canvas (text, end-of-sequence, padding) is replaced by uniformly random ids and the
-  decoder, reading the prompt KV cache built by
-  :func:`server.engine.denoise.encode_prompts`, predicts the originals (cross-entropy
-  over the whole canvas); with probability 0.5 a no-grad pass first supplies
-  ``self_conditioning_logits``. A ``--seeded`` fraction of rows instead starts from the
-  model's own greedy CTC canvas (:func:`server.engine.denoise.ctc_collapse`) with a
-  little noise: where inference starts, since the demo declares ``canvas_start="ctc"``.
+* CTC on the projector outputs read through the tied lm_head (blank = pad id 0), with the
+  canvas's own subword ids as targets, so the greedy CTC reading of the audio is itself
+  a canvas; the demo serves with ``canvas_start="ctc"``;
+* uniform-diffusion denoising, from ``--joint-after`` steps on: a random fraction of the
+  target canvas is replaced by random ids and the decoder, reading the prompt KV cache
+  (:func:`server.engine.denoise.encode_prompts`), predicts the originals. A ``--seeded``
+  fraction of the rows starts instead from the model's own greedy CTC canvas
+  (:func:`server.engine.denoise.ctc_collapse`) plus a little noise: where inference
+  starts, so the denoiser learns to correct the CTC reading's real mistakes.
 
 Resumable: ``--state`` (and the tokenizer beside it) is written every ``--save-every``
 seconds and on SIGINT/SIGTERM; rerunning the same command continues. The learning rate
 follows the wall-clock budget (``--minutes``), so a run ends on time on any machine::
 
-    python scripts/train_demo.py --data runs/demo/shards --make-shards 0 8 &
-    python scripts/train_demo.py --data runs/demo/shards --make-shards 8 8 &
-    wait
-    python scripts/train_demo.py --data runs/demo/shards --state runs/demo/stage1.pt \\
-        --out runs/demo/stage1 --minutes 90 --threads 2 --ctc-units chars --ctc-first 1e-9 --joint-by 2
-    python scripts/train_demo.py --data runs/demo/shards --state runs/demo/state.pt \\
-        --out runs/demo/model --init-from runs/demo/stage1.pt --minutes 110 --threads 2
+    python scripts/import_whisper.py --wheels wheels --out runs/whisper-base-10s --seconds 10
+    python scripts/train_demo.py --make-shards 0 30 &     # one process per core
+    python scripts/train_demo.py --make-shards 30 30 &
+    python scripts/train_demo.py --minutes 75 --threads 2 --bf16
     python scripts/train_demo.py --export runs/demo/model --out server/models/demo
 """
 
@@ -59,56 +49,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_data  # noqa: E402
 from demo_model import build_demo, build_tokenizer, export  # noqa: E402
-from demo_shards import SHARD, ShardPool, make_shards  # noqa: E402
+from demo_shards import FramePool, make_shards  # noqa: E402
 
 from server.engine.denoise import ctc_collapse, encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 
-PARTS = ("whisper", "projector", "backbone")  # the trained modules, as saved in a state file
-
-# ---- losses ----------------------------------------------------------------
+PARTS = ("projector", "backbone")  # the trained modules, as saved in a state file
 
 
-def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Generator, auto_prob: float = 0.3,
-           diffusion_on: bool = True, ctc_units: str = "tokens", seeded: float = 0.5):
+def losses(model: AsrModel, frames, targets, languages, rng: torch.Generator, diffusion_on: bool,
+           seeded: float = 0.5, auto_prob: float = 0.3, diffusion_rows: int = 8):
+    """(denoising loss, CTC loss) for one batch of same-bucket encoder frames.
+
+    The denoising loss is taken on the first ``diffusion_rows`` rows only (the batch is
+    drawn at random): on a CPU it costs several times the CTC loss per row.
+    """
     bb = model.backbone
     device = model.device
-    batch = features.shape[0]
-    frames = model.whisper(features.to(device)).last_hidden_state
-    embeds = model.projector(frames)
-    # CTC through the tied lm_head
+    batch = frames.shape[0]
+    embeds = model.projector(frames.to(device))
     ctc_logp = F.log_softmax(bb.lm_head(embeds).float(), dim=-1).transpose(0, 1)
-    units = chars if ctc_units == "chars" else targets
-    flat = torch.tensor([t for row in units for t in row], dtype=torch.long, device=device)
-    lengths = torch.tensor([len(row) for row in units], dtype=torch.long, device=device)
+    flat = torch.tensor([t for row in targets for t in row], dtype=torch.long, device=device)
+    lengths = torch.tensor([len(row) for row in targets], dtype=torch.long, device=device)
     ctc = F.ctc_loss(ctc_logp, flat, torch.full((batch,), embeds.shape[1], dtype=torch.long, device=device), lengths,
                      blank=0, zero_infinity=True)
     if not diffusion_on:
         return torch.zeros((), device=device), ctc
-    # prompt KV cache, with gradients
+    slots = embeds.shape[1]
+    batch = min(batch, diffusion_rows)
+    embeds, ctc_logp, targets, languages = embeds[:batch], ctc_logp[:, :batch], targets[:batch], languages[:batch]
     langs = [None if torch.rand(1, generator=rng).item() < auto_prob else lang for lang in languages]
-    prompts = torch.tensor([model.prompt_ids(lang) for lang in langs], device=device)
+    prompts = torch.tensor([model.prompt_ids(lang, slots) for lang in langs], device=device)
     cache = encode_prompts(model, prompts, embeds)
-    # uniform-diffusion canvas
     length, vocab = bb.config.canvas_length, bb.config.text_config.vocab_size
     target = torch.zeros((batch, length), dtype=torch.long)
     for i, row in enumerate(targets):
+        row = row[: length - 1]
         target[i, : len(row)] = torch.tensor(row)
         target[i, len(row)] = model.eos_token_id
     target = target.to(device)
     t = torch.rand((batch, 1), generator=rng).to(device)
     noise = torch.randint(0, vocab, (batch, length), generator=rng).to(device)
-    start = target
-    if seeded and ctc_units == "tokens":
-        # Rows that start where inference starts (canvas_start="ctc"): the model's own
-        # greedy CTC reading, with its real substitutions, insertions and deletions, plus
-        # a little uniform noise; the rest follow the recipe from the clean target.
-        own = ctc_collapse(model, ctc_logp.detach().argmax(-1).transpose(0, 1))
-        pick = (torch.rand((batch, 1), generator=rng) < seeded).to(device)
-        start = torch.where(pick, own, target)
-        t = torch.where(pick, t * 0.3, t)
-    replace = torch.rand((batch, length), generator=rng).to(device) < t
-    canvas = torch.where(replace, noise, start)
+    own = ctc_collapse(model, ctc_logp.detach().argmax(-1).transpose(0, 1))
+    pick = (torch.rand((batch, 1), generator=rng) < seeded).to(device)
+    start = torch.where(pick, own, target)
+    t = torch.where(pick, t * 0.2, t)
+    canvas = torch.where(torch.rand((batch, length), generator=rng).to(device) < t, noise, start)
     positions = torch.arange(prompts.shape[1], prompts.shape[1] + length, dtype=torch.int32, device=device)[None]
     mask = bb.model.decoder.create_diffusion_decoder_attention_mask(
         config=bb.config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache,
@@ -117,7 +103,7 @@ def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Gene
     kwargs = dict(decoder_input_ids=canvas, decoder_attention_mask=mask, past_key_values=cache,
                   decoder_position_ids=positions)
     sc_logits = sc_mask = None
-    if torch.rand(1, generator=rng).item() < 0.5:
+    if torch.rand(1, generator=rng).item() < 0.5:  # self-conditioning, as the sampler feeds it at inference
         with torch.no_grad():
             sc_logits = bb(**kwargs).logits.detach()
         sc_mask = torch.ones(batch, dtype=torch.bool, device=device)
@@ -126,84 +112,64 @@ def losses(model: AsrModel, features, targets, languages, chars, rng: torch.Gene
     return diffusion, ctc
 
 
-# ---- evaluation ------------------------------------------------------------
-
-
-def quick_eval(model: AsrModel, utts, steps: int = 8) -> tuple[float, float]:
-    """(denoise CER, CTC-greedy CER) on a few held-out utterances; spaces ignored."""
+def quick_eval(model: AsrModel, utts, steps: int = 2) -> tuple[float, float]:
+    """(denoised CER, CTC-reading CER) on a few held-out utterances, through the engine's own pass."""
     import jiwer
 
-    from server.engine.denoise import run_batch
+    from server.engine.denoise import ctc_canvases, run_batch
+    from server.engine.frames import embed_audio
     from server.engine.types import TranscribeRequest
 
-    model.whisper.eval(), model.projector.eval(), model.backbone.eval()
-    reqs = [TranscribeRequest(audio=u.audio, language=u.language, steps=steps, seed=0) for u in utts]
-    hyps = [r.text for r in run_batch(model, reqs)]
+    model.projector.eval(), model.backbone.eval()
+    hyps = [r.text for u in utts for r in run_batch(model, [TranscribeRequest(u.audio, steps, u.language)])]
     with torch.inference_mode():
-        feats = model.feature_extractor([u.audio for u in utts], sampling_rate=16000, return_tensors="pt",
-                                        padding="max_length").input_features.to(model.device)
-        ids = model.backbone.lm_head(model.projector(model.whisper(feats).last_hidden_state)).argmax(-1)
-    greedy = []
-    for row in ids.tolist():
-        out = [a for j, a in enumerate(row) if a != 0 and (j == 0 or a != row[j - 1])]
-        greedy.append(model.tokenizer.decode(out, skip_special_tokens=True))
+        ctc = [model.decode(ctc_canvases(model, embed_audio(model, [u.audio]))[0].tolist()) for u in utts]
+    model.projector.train(), model.backbone.train()
     refs = [u.text.replace(" ", "") for u in utts]
-    model.whisper.train(), model.projector.train(), model.backbone.train()
     strip = lambda xs: [x.replace(" ", "") or "-" for x in xs]  # noqa: E731
-    return jiwer.cer(refs, strip(hyps)), jiwer.cer(refs, strip(greedy))
-
-
-# ---- loop ------------------------------------------------------------------
+    return jiwer.cer(refs, strip(hyps)), jiwer.cer(refs, strip(ctc))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("runs/demo/shards"), help="feature shards directory")
+    parser.add_argument("--data", type=Path, default=Path("runs/demo/shards"), help="frame shards directory")
+    parser.add_argument("--whisper", type=Path, default=Path("runs/whisper-base-10s"),
+                        help="the imported whisper-base encoder (scripts/import_whisper.py --seconds 10)")
     parser.add_argument("--state", type=Path, default=Path("runs/demo/state.pt"))
     parser.add_argument("--out", type=Path, default=Path("runs/demo/model"))
-    parser.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget (sets the lr schedule)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--ctc-weight", type=float, default=1.0)
+    parser.add_argument("--minutes", type=float, default=75.0, help="wall-clock budget (sets the lr schedule)")
+    parser.add_argument("--frames-per-batch", type=int, default=12_000, help="encoder frames (50/s) per batch")
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=float, default=240.0, help="seconds between checkpoints")
-    parser.add_argument("--eval-every", type=int, default=300, help="steps between quick evals")
+    parser.add_argument("--save-every", type=float, default=300.0, help="seconds between checkpoints")
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between quick evals")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--shard-size", type=int, default=SHARD, help="utterances per shard")
-    parser.add_argument("--ctc-first", type=float, default=2.0,
-                        help="train CTC alone until its smoothed loss falls below this (0 = joint from the start)")
-    parser.add_argument("--joint-by", type=float, default=0.35, help="switch denoising on by this budget fraction")
-    parser.add_argument("--spec-augment", type=float, default=0.5, help="probability of SpecAugment per utterance")
+    parser.add_argument("--joint-after", type=int, default=400, help="add the denoising loss after this many steps")
+    parser.add_argument("--diffusion-rows", type=int, default=8, help="rows of each batch the denoising loss sees")
+    parser.add_argument("--seeded", type=float, default=0.5, help="denoising rows that start from the CTC reading")
+    parser.add_argument("--augment", type=float, default=0.5, help="probability of frame masks and noise per row")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (weights stay fp32)")
+    parser.add_argument("--min-utterances", type=int, default=1, help="wait for this many synthesized utterances")
+    parser.add_argument("--init-from", type=Path, metavar="STATE",
+                        help="start from another run's weights (modules new to this model start fresh)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
-    parser.add_argument("--ctc-units", choices=("chars", "tokens"), default="tokens",
-                        help="CTC targets: one id per character, or the canvas's own subword ids")
-    parser.add_argument("--seeded", type=float, default=0.5,
-                        help="fraction of denoising rows that start from the model's own CTC reading")
-    parser.add_argument("--bf16", action="store_true",
-                        help="bf16 autocast (weights stay fp32): 1.3-1.5x faster steps on a CPU with AVX512-BF16")
-    parser.add_argument("--init-from", type=Path, metavar="STATE_OR_MODEL",
-                        help="start from the weights of another run's state file or of a saved model "
-                             "directory, whose tokenizer it then uses (new optimizer and schedule)")
     parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
-                        help="only synthesize feature shards FIRST..FIRST+COUNT-1 into --data, then exit")
+                        help="only synthesize frame shards FIRST..FIRST+COUNT-1 into --data, then exit")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
-    parser.add_argument("--draft-steps", type=int, default=2, help="with --export: the spec's draft steps")
-    parser.add_argument("--final-steps", type=int, default=8, help="with --export: the spec's final steps")
+    parser.add_argument("--draft-steps", type=int, default=1, help="with --export: the spec's draft steps")
+    parser.add_argument("--final-steps", type=int, default=2, help="with --export: the spec's final steps")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.export:
         export(args.export, args.out, args.draft_steps, args.final_steps)
         return
     if args.make_shards:
-        make_shards(args.data, *args.make_shards, seed=args.seed * 10_000_000, size=args.shard_size)
+        make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 weights, TF32 matmuls
     torch.manual_seed(args.seed)
     tok_dir = args.state.parent / "tokenizer"
-    if args.init_from and args.init_from.is_dir() and not tok_dir.exists():  # a model directory brings its own
-        import shutil
-
-        shutil.copytree(args.init_from / "tokenizer", tok_dir)
     if tok_dir.exists():
         from transformers import AutoTokenizer
 
@@ -211,47 +177,42 @@ def main() -> None:
     else:
         tokenizer = build_tokenizer()
         tokenizer.save_pretrained(tok_dir)
-    model = build_demo(args.seed, tokenizer=tokenizer).to(device, torch.float32)
+    model = build_demo(args.whisper, tokenizer, args.seed).to(device, torch.float32)
+    model.whisper.eval()
     params = list({id(p): p for name in PARTS for p in getattr(model, name).parameters()}.values())
-    print(f"params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
+    print(f"trained params: {sum(p.numel() for p in params) / 1e6:.2f}M, device {device}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    step, elapsed, best, joint = 0, 0.0, float("inf"), not args.ctc_first
+    step, elapsed, best = 0, 0.0, float("inf")
     if args.init_from and not args.state.exists():
-        if args.init_from.is_dir():  # a saved model (fp16 export included): weights only
-            from server.engine.loader import load_model
-
-            source = load_model(str(args.init_from), "cpu")
-            state = {name: getattr(source, name).state_dict() for name in PARTS}
-            state["step"] = "model directory"
-        else:
-            state = torch.load(args.init_from, map_location=device, weights_only=False)
+        state = torch.load(args.init_from, map_location=device, weights_only=False)
         for name in PARTS:
-            getattr(model, name).load_state_dict(state[name])
+            result = getattr(model, name).load_state_dict(state[name], strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                print(f"{name}: new {result.missing_keys}, dropped {result.unexpected_keys}", flush=True)
         print(f"initialised from {args.init_from} (step {state['step']})", flush=True)
     if args.state.exists():
         state = torch.load(args.state, map_location=device, weights_only=False)
         for name in PARTS:
             getattr(model, name).load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
-        step, elapsed, best, joint = state["step"], state["elapsed"], state["best"], state["joint"]
+        step, elapsed, best = state["step"], state["elapsed"], state["best"]
         print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
-    model.whisper.train(), model.projector.train(), model.backbone.train()
+    model.projector.train(), model.backbone.train()
 
     def save() -> None:
         state = {name: getattr(model, name).state_dict() for name in PARTS}
-        state.update(opt=opt.state_dict(), step=step, elapsed=elapsed, best=best, joint=joint)
+        state.update(opt=opt.state_dict(), step=step, elapsed=elapsed, best=best)
         torch.save(state, str(args.state) + ".tmp")
         Path(str(args.state) + ".tmp").replace(args.state)
 
     stop = {"now": False}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.update(now=True))
-    evals = [demo_data.sample_utterance(900_000 + i, lang, demo_data.HELDOUT) for lang in demo_data.LANGS for i in range(2)]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pool = ShardPool(args.data, tokenizer)
-    while pool.poll() == 0:
-        print("waiting for the first shard ...", flush=True)
+    evals = [demo_data.sample_utterance(900_000 + i, lang, demo_data.HELDOUT) for lang in demo_data.LANGS
+             for i in range(3)]
+    pool = FramePool(args.data, tokenizer, args.frames_per_batch)
+    while pool.poll() < args.min_utterances:
+        print(f"waiting for shards ({len(pool.rows)} of {args.min_utterances} utterances) ...", flush=True)
         time.sleep(20)
     rng = torch.Generator().manual_seed(args.seed * 7919 + step)
     data_rng = np.random.default_rng([args.seed, step])
@@ -260,18 +221,18 @@ def main() -> None:
     base = elapsed
     smooth = None
     while True:
-        if step % 200 == 0:  # shards still being synthesized join as they land
+        if step % 100 == 0:  # shards still being synthesized join as they land
             pool.poll()
         elapsed = base + time.time() - t_start
         frac = min(elapsed / budget, 1.0)
-        lr = args.lr * min(1.0, (step + 1) / 300) * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
-        features, targets, languages, chars = pool.batch(data_rng, args.batch, args.spec_augment)
+        frames, targets, languages = pool.batch(data_rng, args.augment)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            diffusion, ctc = losses(model, features, targets, languages, chars, rng, diffusion_on=joint,
-                                    ctc_units=args.ctc_units, seeded=args.seeded)
-        loss = diffusion + args.ctc_weight * ctc
+            diffusion, ctc = losses(model, frames, targets, languages, rng, step >= args.joint_after, args.seeded,
+                                    diffusion_rows=args.diffusion_rows)
+        loss = diffusion + ctc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -279,17 +240,14 @@ def main() -> None:
         step += 1
         values = np.array([diffusion.item(), ctc.item()])
         smooth = values if smooth is None else 0.95 * smooth + 0.05 * values
-        if not joint and (smooth[1] < args.ctc_first or frac >= args.joint_by):
-            joint = True
-            print(f"step {step}: CTC loss {smooth[1]:.2f}, denoising loss on", flush=True)
         if step % 20 == 0:
             print(f"step {step} {elapsed / 60:.1f}min lr {lr:.2e} diff {smooth[0]:.3f} ctc {smooth[1]:.3f} "
-                  f"utts {len(pool.rows)}", flush=True)
+                  f"utts {len(pool.rows)} batch {frames.shape[0]}x{frames.shape[1]}", flush=True)
         if step % args.eval_every == 0:
             cer, ctc_cer = quick_eval(model, evals)
-            print(f"eval step {step}: denoise CER {cer:.3f}  ctc-greedy CER {ctc_cer:.3f}", flush=True)
-            if joint and cer <= best:
-                best = cer
+            print(f"eval step {step}: denoised CER {cer:.3f}  ctc CER {ctc_cer:.3f}", flush=True)
+            if min(cer, ctc_cer) <= best:
+                best = min(cer, ctc_cer)
                 model.save(args.out)
                 print(f"saved best to {args.out}", flush=True)
         done = frac >= 1.0 or stop["now"] or (args.max_steps and step >= args.max_steps)

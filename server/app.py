@@ -15,15 +15,12 @@ and their finals and ``closed`` sent), wait for them, stop the engine, exit 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import http
 import json
 import logging
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import deque
@@ -36,41 +33,20 @@ from .connection import Connection
 from .core import EngineLoop
 from .engine import Engine, EngineState, ModelLoadError, TranscribeResult, load_model
 from .engine.loader import resolve_device, resolve_model_name
+from .options import ServerConfig
 from .protocol import LISTEN_PATH, ListenParams, ParamError
 from .scheduler import Job, Scheduler
 from .session import Session, SessionConfig
 from .vad import VadConfig
 
-__all__ = ["ServerConfig", "DgasrServer", "main"]
+__all__ = ["ServerConfig", "DgasrServer", "cpu_threads", "serve_until_signalled", "main"]
 
 log = logging.getLogger("dgasr.server")
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    model: str = "auto"
-    device: str = "auto"
-    draft_steps: int | None = None  # None: the model's default
-    final_steps: int | None = None
-    max_steps: int | None = None
-    partial_interval_ms: int = 450
-    vad_aggressiveness: int = 2
-    silence_ms: int = 600
-    max_sessions: int = 64
-    max_batch: int = 16
-    idle_timeout: float = 30.0
-    max_frame_bytes: int = 1 << 20
-    warm_start: bool = False
-    log_level: str = "INFO"
-    whisper: str | None = None  # per-part overrides: HF repo id or directory
-    backbone: str | None = None
-    adapter: str | None = None
-
-
 def _json_response(connection: ServerConnection, status: int, body: dict, retry_after: int | None = None) -> Response:
     response = connection.respond(status, json.dumps(body) + "\n")
+    del response.headers["Content-Type"]  # respond() set text/plain; Headers is a multidict
     response.headers["Content-Type"] = "application/json"
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -87,7 +63,6 @@ class DgasrServer:
         self.loop: EngineLoop | None = None
         self.connections: dict[str, Connection] = {}
         self.port = config.port
-        self._handshakes = 0
         # (feed CPU seconds, audio seconds) of recent sessions, for benchmarks
         self.feed_stats: deque[tuple[float, float]] = deque(maxlen=1024)
         self._stopping = False
@@ -101,7 +76,17 @@ class DgasrServer:
     async def start(self) -> None:
         self.loop = EngineLoop(self.engine, self.scheduler, self.config.max_batch, self._deliver)
         self._loop_task = asyncio.create_task(self.loop.run(), name="engine-loop")
-        self._ws = await serve(
+        try:
+            self._ws = await self._serve()
+        except BaseException:
+            self.loop.stop()
+            await self._loop_task
+            raise
+        self.port = next(iter(self._ws.sockets)).getsockname()[1]
+        log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
+
+    async def _serve(self) -> Server:
+        return await serve(
             self._handle,
             self.config.host,
             self.config.port,
@@ -109,8 +94,6 @@ class DgasrServer:
             max_size=self.config.max_frame_bytes,
             max_queue=32,
         )
-        self.port = next(iter(self._ws.sockets)).getsockname()[1]
-        log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
 
     async def shutdown(self, timeout: float = 60.0) -> None:
         """Stop accepting, flush every session's finals, close, stop the engine loop."""
@@ -171,18 +154,19 @@ class DgasrServer:
         if path != LISTEN_PATH:
             return _json_response(connection, 404, {"error": "not_found", "message": f"no endpoint {path}"})
         try:
-            params = ListenParams.from_query(dict(parse_qsl(query, keep_blank_values=True)))
+            ListenParams.from_query(dict(parse_qsl(query, keep_blank_values=True)))  # 400 before the upgrade
         except ParamError as exc:
             return _json_response(connection, 400, exc.to_dict())
         if self._stopping or not self.engine.ready:
             reason = "server is shutting down" if self._stopping else "model is still loading"
             return _json_response(connection, 503, {"error": "unavailable", "message": reason}, retry_after=5)
-        if len(self.connections) + self._handshakes >= self.config.max_sessions:
-            message = f"server is full ({self.config.max_sessions} sessions)"
-            return _json_response(connection, 503, {"error": "overloaded", "message": message}, retry_after=2)
-        self._handshakes += 1
-        connection.dgasr_params = params  # picked up by _handle
+        if len(self.connections) >= self.config.max_sessions:
+            return self._full(connection)
         return None
+
+    def _full(self, connection: ServerConnection) -> Response:
+        message = f"server is full ({self.config.max_sessions} sessions)"
+        return _json_response(connection, 503, {"error": "overloaded", "message": message}, retry_after=2)
 
     # ---- sessions ----------------------------------------------------------
 
@@ -210,8 +194,14 @@ class DgasrServer:
         )
 
     async def _handle(self, ws: ServerConnection) -> None:
-        self._handshakes -= 1
-        params: ListenParams = ws.dgasr_params
+        # Sessions are counted here, where one really starts, and nowhere else: a handshake
+        # that fails after process_request (a plain GET, a bad key, a client that hangs up)
+        # never reaches this handler, so it can hold no slot. Handshakes that raced past
+        # the 503 check are refused here with 1013 "try again later".
+        if len(self.connections) >= self.config.max_sessions or self._stopping:
+            await ws.close(1013, "server is full" if not self._stopping else "server is shutting down")
+            return
+        params = ListenParams.from_query(dict(parse_qsl(ws.request.path.partition("?")[2], keep_blank_values=True)))
         session = Session(uuid.uuid4().hex[:12], params, self._session_config(params))
         assert self.loop is not None
         conn = Connection(ws, session, self.loop, idle_timeout=self.config.idle_timeout)
@@ -241,64 +231,17 @@ class DgasrServer:
         conn.route(out)
 
 
-# ---- command line ----------------------------------------------------------
-
-_OPTIONS: list[tuple[str, type, str]] = [
-    ("host", str, "interface to listen on"),
-    ("port", int, "TCP port (0 picks a free one)"),
-    ("model", str, "auto | diffusion-gemma-asr-small | tiny-random | model directory"),
-    ("device", str, "auto | cpu | cuda | cuda:N"),
-    ("draft_steps", int, "denoising steps for partials (default: the model's)"),
-    ("final_steps", int, "denoising steps for finals (default: the model's)"),
-    ("max_steps", int, "upper limit for steps a client may ask for"),
-    ("partial_interval_ms", int, "new speech between two partials"),
-    ("vad_aggressiveness", int, "webrtcvad aggressiveness 0-3"),
-    ("silence_ms", int, "silence that ends a segment"),
-    ("max_sessions", int, "concurrent sessions; more get HTTP 503"),
-    ("max_batch", int, "requests per engine batch (1 disables batching)"),
-    ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
-    ("max_frame_bytes", int, "largest websocket frame accepted"),
-    ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
-    ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
-    ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
-    ("adapter", str, "projector + LoRA adapter: HF repo id or directory (overrides the model's)"),
-]
-
-
-def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
-    """Options from the command line, each defaulting to ``DGASR_<OPTION>`` from the environment."""
-    environ = os.environ if environ is None else environ
-    defaults = ServerConfig()
-    parser = argparse.ArgumentParser(
-        prog="dgasr-server",
-        description="Streaming speech-to-text over websockets with a diffusion ASR model.",
-        epilog="Every option can also be set with an environment variable DGASR_<OPTION>, "
-        "e.g. DGASR_PORT=9000. Protocol: docs/protocol.md.",
-    )
-    for name, kind, help_text in _OPTIONS:
-        env = f"DGASR_{name.upper()}"
-        default = getattr(defaults, name)
-        if env in environ:
-            try:
-                default = kind(environ[env])
-            except ValueError:
-                parser.error(f"{env}={environ[env]!r} is not a valid {kind.__name__}")
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
-                            help=f"{help_text} (env {env}; default: {default})")
-    warm = environ.get("DGASR_WARM_START", "").lower() in ("1", "true", "yes", "on")
-    parser.add_argument("--warm-start", action="store_true", default=warm,
-                        help="start each final (and draft) from the segment's last draft canvas (env DGASR_WARM_START)")
-    args = parser.parse_args(argv)
-    if not 0 <= args.vad_aggressiveness <= 3:
-        parser.error("--vad-aggressiveness must be 0-3")
-    if args.max_batch < 1 or args.max_sessions < 1:
-        parser.error("--max-batch and --max-sessions must be at least 1")
-    return ServerConfig(**vars(args))
-
-
 def cpu_threads() -> int:
     """Torch threads for a CPU engine: all cores but one, which the event loop keeps."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS's words for a bind failure (asyncio wraps them in a longer sentence)."""
+    if exc.errno:
+        text = os.strerror(exc.errno)
+        return text[0].lower() + text[1:]
+    return str(exc.strerror or exc)
 
 
 async def serve_until_signalled(config: ServerConfig) -> int:
@@ -317,11 +260,15 @@ async def serve_until_signalled(config: ServerConfig) -> int:
         on_ready=lambda: loop.call_soon_threadsafe(loaded.set),
         threads=cpu_threads() if device.type == "cpu" else None,
     )
+    server = DgasrServer(config, engine)
+    try:  # bind first: a port in use must not cost a model load
+        await server.start()  # /healthz answers while the model loads; /readyz once it is warm
+    except OSError as exc:  # port in use, address not on this machine, no permission
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, _os_reason(exc))
+        return 2
     engine.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = DgasrServer(config, engine)
-    await server.start()  # /healthz answers while the model loads; /readyz once it is warm
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({stopped, asyncio.create_task(loaded.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if engine.state is EngineState.FAILED:
@@ -339,11 +286,7 @@ async def serve_until_signalled(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve_until_signalled(config))
+    """``dgasr-server``; the options are parsed first, in :mod:`server.options`, without torch."""
+    from .server_cli import main as cli_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli_main(argv)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from server.pcm import SAMPLE_RATE, s16_to_float
 from server.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 
 __all__ = [
@@ -28,10 +29,24 @@ __all__ = [
     "StreamResampler",
     "find_split_point",
     "split_long_audio",
+    "RAW_SUFFIXES",
+    "soundfile_args",
 ]
 
-TARGET_RATE = 16000
-_S16_SCALE = 1.0 / 32768.0
+TARGET_RATE = SAMPLE_RATE
+# Headerless files: 16-bit little-endian mono PCM, as arecord -t raw, sox and pocketsphinx write them.
+RAW_SUFFIXES = (".raw", ".pcm", ".s16")
+
+
+def soundfile_args(path: str, raw_rate: int = TARGET_RATE) -> dict:
+    """Keyword arguments for ``soundfile.SoundFile(path, **args)``.
+
+    libsndfile reads a header for every format but RAW, which it must be told; a headerless
+    file (``RAW_SUFFIXES``) is read as 16-bit little-endian mono at ``raw_rate``.
+    """
+    if str(path).lower().endswith(RAW_SUFFIXES):
+        return {"samplerate": raw_rate, "channels": 1, "format": "RAW", "subtype": "PCM_16", "endian": "LITTLE"}
+    return {}
 
 
 class BadAudio(ValueError):
@@ -70,7 +85,7 @@ class PcmDecoder:
         self._leftover = buf[usable:]
         raw = np.frombuffer(buf, dtype=self._dtype, count=usable // self._width)
         if self._dtype.kind == "i":
-            return raw.astype(np.float32) * np.float32(_S16_SCALE)
+            return s16_to_float(raw)
         finite = np.isfinite(raw)
         if not finite.all():
             bad = int(raw.size - np.count_nonzero(finite))

@@ -35,39 +35,62 @@ log = logging.getLogger("dgasr.server")
 
 
 class Outbox:
-    """Bounded outgoing message queue that sheds stale partials, never anything else."""
+    """Outgoing messages, bounded in count and in bytes; sheds partials and errors, never finals.
 
-    def __init__(self, limit: int = 256) -> None:
+    Each message is serialized once, on the way in, so its size is known. When the queue is
+    full (``limit`` messages or ``limit_bytes`` of JSON), a new partial or non-fatal error
+    is dropped and counted; a final, ``ready``, ``speech_started``, a fatal error and
+    ``closed`` are always kept: they are few per segment, and the reader stops taking
+    audio while the box is full, so they cannot grow without bound either.
+    """
+
+    def __init__(self, limit: int = 256, limit_bytes: int = 256 * 1024) -> None:
         self.limit = limit
-        self._items: deque[ServerMessage] = deque()
+        self.limit_bytes = limit_bytes
+        self._items: deque[tuple[ServerMessage, str]] = deque()
+        self._bytes = 0
         self._ready = asyncio.Event()
         self.dropped_partials = 0
+        self.dropped_errors = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    @property
     def full(self) -> bool:
-        return len(self._items) >= self.limit
+        return len(self._items) >= self.limit or self._bytes >= self.limit_bytes
 
     def put(self, message: ServerMessage) -> None:
+        text = message.to_json()
         if isinstance(message, Partial):
-            for i, queued in enumerate(self._items):
+            for i, (queued, old) in enumerate(self._items):
                 if isinstance(queued, Partial) and queued.segment == message.segment:
-                    self._items[i] = message  # the client only needs the newest partial
+                    self._items[i] = (message, text)  # the client only needs the newest partial
+                    self._bytes += len(text) - len(old)
                     self.dropped_partials += 1
                     return
             if self.full:
                 self.dropped_partials += 1
                 return
-        self._items.append(message)
+        elif isinstance(message, Error) and not message.fatal and self.full:
+            self.dropped_errors += 1
+            return
+        self._items.append((message, text))
+        self._bytes += len(text)
         self._ready.set()
 
-    async def get(self) -> ServerMessage:
+    async def get(self) -> tuple[ServerMessage, str]:
+        """The oldest message and its JSON."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        message, text = self._items.popleft()
+        self._bytes -= len(text)
+        return message, text
 
 
 class Connection:
@@ -96,6 +119,7 @@ class Connection:
         self._room = asyncio.Event()
         self._room.set()
         self._reader: asyncio.Task | None = None
+        self._stalled = False  # the client stopped reading: its drain is bounded by the idle timeout
 
     # ---- routing -----------------------------------------------------------
 
@@ -125,17 +149,24 @@ class Connection:
     # ---- tasks -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the connection until ``closed`` is sent or the client vanishes."""
+        """Serve the connection until ``closed`` is sent or the client vanishes.
+
+        Ends when the reader is done (eos, idle, shutdown) and the writer has drained, or as
+        soon as the writer fails (the socket is gone: a client that stopped reading and
+        then reset must not leave its reader waiting for room that never comes).
+        """
         writer = asyncio.create_task(self._write(), name=f"writer-{self.session.id}")
         self._reader = asyncio.create_task(self._read(), name=f"reader-{self.session.id}")
         try:
             self.outbox.put(self.session.ready())
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                if self.session.state is SessionState.STREAMING:  # cancelled from outside
-                    raise
-            await asyncio.wait_for(asyncio.shield(writer), self.drain_timeout)
+            done, _ = await asyncio.wait({self._reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if self._reader in done:
+                if not self._reader.cancelled():  # cancelled = shutdown(), which already ended the session
+                    self._reader.result()
+                drain = self.idle_timeout if self._stalled else self.drain_timeout
+                await asyncio.wait_for(asyncio.shield(writer), drain)
+            else:
+                writer.result()
         except (ConnectionClosed, TimeoutError) as exc:
             log.info("session %s: client gone or too slow (%s)", self.session.id, type(exc).__name__)
         finally:
@@ -146,10 +177,30 @@ class Connection:
                 self.session.abort()
             self.loop.forget_session(self.session.id)
 
+    async def _wait_for_room(self) -> bool:
+        """Wait until the session may take more audio; False if the client stopped reading.
+
+        Room runs out for two reasons: finals still being computed (the device is busy:
+        wait as long as it takes) or a full outbox (the client is not reading: after the
+        idle timeout, give up on it).
+        """
+        while not self._room.is_set():
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    await self._room.wait()
+            except TimeoutError:
+                if self.outbox.full:
+                    return False
+        return True
+
     async def _read(self) -> None:
         session = self.session
         while session.state is SessionState.STREAMING:
-            await self._room.wait()
+            if not await self._wait_for_room():
+                self._stalled = True
+                notice = Error(ErrorCode.TIMEOUT.value, f"client read nothing for {self.idle_timeout:g} s", fatal=True)
+                self.route(Output(messages=[notice]).extend(session.end("stalled")))
+                return
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     frame = await self.ws.recv()
@@ -167,9 +218,9 @@ class Connection:
 
     async def _write(self) -> None:
         while True:
-            message = await self.outbox.get()
+            message, text = await self.outbox.get()
             self._update_room()
-            await self.ws.send(message.to_json())
+            await self.ws.send(text)
             if isinstance(message, Closed):
                 await self.ws.close(1000)
                 return

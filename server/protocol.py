@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from server import pcm
+
 __all__ = [
     "PROTOCOL_VERSION",
     "LISTEN_PATH",
@@ -52,7 +54,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 LISTEN_PATH = "/v1/listen"
-LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
+LANGUAGES = pcm.LANGUAGES
 # Why a session ended, as sent in ``closed.reason``: the client's eos, no audio or
 # keepalive for the idle timeout, or the server stopping (SIGINT/SIGTERM).
 CLOSE_REASONS: tuple[str, ...] = ("eos", "idle", "shutdown")
@@ -232,15 +234,23 @@ def parse_client_message(text: str) -> ClientMessage:
     """Parse one client text frame; raises :class:`BadMessage` with a readable reason."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise BadMessage(f"not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
+        raise BadMessage(f"not valid JSON: {clip(str(exc))}") from None
     if not isinstance(data, dict):
         raise BadMessage("expected a JSON object with a 'type' field")
     kind = data.get("type")
     cls = _CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise BadMessage(f"unknown message type {kind!r}; expected one of {', '.join(_CLIENT_TYPES)}")
+        raise BadMessage(f"unknown message type {clip(repr(kind))}; expected one of {', '.join(_CLIENT_TYPES)}")
     return cls()
+
+
+ECHO_LIMIT = 80  # characters of a client's value quoted back in an error message
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (with the length it had), so an error's size is bounded."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ---- server -> client -------------------------------------------------------

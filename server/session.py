@@ -51,7 +51,8 @@ from .protocol import (
     parse_client_message,
 )
 from .scheduler import Job, JobKind
-from .vad import SAMPLE_RATE, SegmentAudio, SegmentEnded, Segmenter, SegmentEvent, SegmentStarted, VadConfig
+from .pcm import SAMPLE_RATE
+from .vad import SegmentAudio, SegmentEnded, Segmenter, SegmentEvent, SegmentStarted, VadConfig
 
 __all__ = ["SessionState", "SessionError", "SessionConfig", "Output", "Session"]
 
@@ -160,10 +161,13 @@ class Session:
             samples = self._decoder.feed(data)
         except BadAudio as exc:
             # Times count from the client's first sample, so the dropped frame keeps its
-            # duration. It is filled by repeating the last good frame, not with zeros: digital
-            # silence would drag the VAD's noise floor down and shift the next segment's start.
+            # duration. It is filled with the quietest 10 ms of the last good frame: the
+            # background, not speech (repeating the frame itself would extend a sentence that
+            # ended just before it into the next one), and not digital silence (which would
+            # drag the VAD's noise floor down and shift the next segment's start).
             count = (held + len(data) - self._decoder.pending_bytes) // self.params.encoding.sample_width
-            filler = np.resize(self._last_good, count) if len(self._last_good) else np.zeros(count, np.float32)
+            background = _quietest(self._last_good) if len(self._last_good) else np.zeros(1, np.float32)
+            filler = np.resize(background, count)
             out = Output(messages=[Error(ErrorCode.BAD_AUDIO.value, str(exc))])
             return out.extend(self._process(filler))
         if len(samples):
@@ -302,3 +306,11 @@ class Session:
             self.state = SessionState.CLOSED
             out.messages.append(Closed(self._close_reason, self._segment_count, round(self.audio_seconds, 3)))
         return out
+
+
+def _quietest(samples: np.ndarray, piece: int = 160) -> np.ndarray:
+    """The lowest-energy ``piece`` samples (10 ms at 16 kHz) of ``samples``."""
+    if len(samples) <= piece:
+        return samples
+    frames = samples[: len(samples) // piece * piece].reshape(-1, piece)
+    return frames[int(np.argmin((frames**2).sum(axis=1)))]

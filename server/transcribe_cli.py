@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -18,19 +19,26 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .audio import split_long_audio
-from .engine import LANGUAGES, Engine, ModelLoadError, TranscribeRequest, load_model
-from .engine.loader import resolve_model_name
+from .audio import soundfile_args, split_long_audio
+from .pcm import LANGUAGES
 
 __all__ = ["main", "read_audio"]
 
 
-def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
-    """Mono float32 samples at ``sample_rate``; raises ValueError naming the file on failure."""
+def read_audio(path: str, sample_rate: int = 16000, raw_rate: int = 16000) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate``; raises ValueError naming the file on failure.
+
+    Headerless ``.raw``/``.pcm``/``.s16`` files are read as 16-bit mono at ``raw_rate``.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"cannot read {path}: no such file" if not os.path.exists(path) else
+                         f"cannot read {path}: not a file")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+        with sf.SoundFile(path, **soundfile_args(path, raw_rate)) as f:
+            rate = f.samplerate
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as exc:
+        raise ValueError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
     mono = data.mean(axis=1)
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
@@ -50,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--language", choices=LANGUAGES, default=None, help="language hint (default: automatic)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=8, help="pieces per engine batch (default: 8)")
+    p.add_argument("--raw-rate", type=int, default=16000, metavar="HZ",
+                   help="sample rate of headerless .raw/.pcm/.s16 files, read as 16-bit mono (default: 16000)")
     p.add_argument("--timings", action="store_true", help="print per-file timing to stderr")
     for part in ("whisper", "backbone", "adapter"):
         p.add_argument(f"--{part}", metavar="REPO_OR_DIR", help=f"override the model's {part} (HF repo id or dir)")
@@ -59,9 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # the engine (torch, transformers) only once the arguments are known to be good
+    from .engine import Engine, ModelLoadError, TranscribeRequest, load_model
+    from .engine.loader import resolve_model_name
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        audios = [read_audio(f) for f in args.files]
+        audios = [read_audio(f, raw_rate=args.raw_rate) for f in args.files]
     except ValueError as exc:
         print(f"dgasr-transcribe: {exc}", file=sys.stderr)
         return 2

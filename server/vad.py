@@ -44,10 +44,10 @@ import numpy as np
 import webrtcvad
 
 from server.audio import find_split_point
+from server.pcm import SAMPLE_RATE, float_to_s16
 from server.segments import EndReason, SegmentAudio, SegmentEnded, SegmentEvent, SegmentStarted, EventCollector
 
 __all__ = [
-    "SAMPLE_RATE",
     "VadConfig",
     "SegmenterState",
     "SegmenterError",
@@ -59,7 +59,6 @@ __all__ = [
     "Segmenter",
 ]
 
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ class Segmenter:
         ends. The floor here is the quietest frame of the last ``noise_window_s``, which
         catches up with any such jump within that window; speech sits well above it.
         """
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2")
+        pcm = float_to_s16(frame)
         speech = self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)  # always: it keeps state
         energy_db = 10.0 * math.log10(float(np.dot(frame, frame)) / len(frame) + 1e-10)
         self._energies.append(energy_db)

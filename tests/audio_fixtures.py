@@ -28,6 +28,7 @@ __all__ = [
     "pocketsphinx_raw",
     "librivox",
     "LIBRIVOX_IDS",
+    "human_english",
 ]
 
 SAMPLE_RATE = 16000
@@ -140,3 +141,30 @@ def librivox(file_id: str) -> np.ndarray:
     if rate != SAMPLE_RATE:
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
     return _readonly(audio)
+
+
+def _transcripts(path: Path) -> dict[str, str]:
+    """``<s> words </s> (file id)`` lines -> {file id: words}."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if "(" in line:
+            text, file_id = line.rsplit("(", 1)
+            out[file_id.strip(" )")] = " ".join(text.replace("<s>", " ").replace("</s>", " ").split())
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def human_english() -> tuple[tuple[str, np.ndarray, str], ...]:
+    """Every pocketsphinx-testdata recording that comes with a transcript: (name, audio, text).
+
+    Real people, not synthesis: five LibriVox sentences, five spoken card names, "go
+    forward ten meters" and a TIDIGITS digit string (12 clips, about 40 s).
+    """
+    clips = [(f, librivox(f), t) for f, t in _transcripts(POCKETSPHINX_DATA / "librivox" / "transcription").items()]
+    for file_id, text in _transcripts(POCKETSPHINX_DATA / "cards" / "cards.transcription").items():
+        audio, rate = sf.read(POCKETSPHINX_DATA / "cards" / f"{file_id}.wav", dtype="float32", always_2d=True)
+        audio = soxr.resample(audio.mean(axis=1), rate, SAMPLE_RATE) if rate != SAMPLE_RATE else audio.mean(axis=1)
+        clips.append((f"cards-{file_id}", _readonly(audio.astype(np.float32)), text))
+    clips.append(("goforward", pocketsphinx_raw("goforward.raw"), "go forward ten meters"))
+    clips.append(("tidigits-2934z", pocketsphinx_raw("tidigits/dhd.2934z.raw"), "two nine three four zero"))
+    return tuple(clips)

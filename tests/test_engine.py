@@ -12,7 +12,8 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from server.engine import AudioTooLong, Engine, EngineError, EngineState, InvalidRequest, TranscribeRequest
 from server.engine import denoise as denoise_mod
-from server.engine.denoise import _features, run_batch
+from server.engine.denoise import run_batch
+from server.engine.frames import embed_audio
 from server.engine.spec import SamplerSettings
 from server.engine.tiny import build_tiny_random
 
@@ -79,7 +80,7 @@ def test_engine_output_equals_transformers_generate_when_seed_and_steps_match(mo
     ours = run_batch(model, [request])[0]
     settings = model.spec.sampler
     with torch.inference_mode():
-        embeds = model.projector(model.whisper(_features(model, [request.audio])).last_hidden_state)
+        embeds = embed_audio(model, [request.audio])
         prompt = torch.tensor([model.prompt_ids(None)])
         torch.manual_seed(request.seed)
         out = model.backbone.generate(

@@ -103,10 +103,23 @@ def test_loader_names_repo_licence_and_token_when_weights_are_missing_offline(tm
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert "ModelLoadError" in last
-    assert "openai/whisper-small" in last
+    assert "ModelLoadError" in last and "3 parts of diffusion-gemma-asr-small are missing" in last
+    for repo in ("openai/whisper-small", "google/diffusiongemma-26B-A4B-it", "interfaze-ai/diffusion-gemma-asr-small"):
+        assert repo in last
     assert "HF_HUB_OFFLINE=1" in last
-    assert "https://huggingface.co/openai/whisper-small" in last and "HF_TOKEN" in last
+    # only the gated backbone needs a licence accepted
+    assert last.count("Accept the model's licence") == 1
+    assert "https://huggingface.co/google/diffusiongemma-26B-A4B-it" in last and "HF_TOKEN" in last
+    assert "https://huggingface.co/openai/whisper-small" not in last
+
+
+def test_loader_refuses_the_real_model_on_a_cpu_with_what_to_use_instead(tmp_path, monkeypatch):
+    """Its weights present but no GPU: a clear refusal instead of a silent ~100 GB fp32 load."""
+    from server.engine import loader
+
+    monkeypatch.setattr(loader, "_check_parts", lambda spec, base: None)
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU.*--model demo"):
+        load_model("diffusion-gemma-asr-small", device="cpu")
 
 
 def test_loader_rejects_unknown_names_and_incomplete_directories(tmp_path):
@@ -131,3 +144,21 @@ def test_loader_adapter_override_moves_the_projector_when_they_share_a_repo():
     assert spec.parts["whisper"] == "openai/whisper-small"
     separate = REAL_SPEC.with_parts(projector="/p")
     assert _apply_overrides(separate, {"adapter": "/a"}).parts["projector"] == "/p"
+
+
+def test_model_auto_picks_the_embedded_demo_without_cuda_and_says_why(tmp_path, monkeypatch, caplog):
+    """With a demo checkpoint present and no CUDA, auto is the demo; with CUDA, the real model."""
+    import logging
+
+    from server.engine import loader
+
+    build_tiny_random().save(tmp_path / "demo")
+    monkeypatch.setattr(loader, "PRESETS", {**loader.PRESETS, loader.DEMO_MODEL: tmp_path / "demo"})
+    monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="dgasr.engine"):
+        assert loader.resolve_model_name("auto") == "demo"
+    assert any("no CUDA GPU" in r.getMessage() and "demo" in r.getMessage() for r in caplog.records)
+    assert load_model("demo", device="cpu").spec.name == "tiny-random"  # the preset loads that directory
+    monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: True)
+    assert loader.resolve_model_name("auto") == "diffusion-gemma-asr-small"
+    assert loader.resolve_model_name("tiny-random") == "tiny-random"  # an explicit name is never changed

@@ -4,8 +4,10 @@ How this works
 --------------
 :func:`run_batch` takes requests from any number of sessions and runs them together:
 
-1. Whisper log-mel features for every request (padded to the model's window).
-2. Whisper encoder + projector in one batch -> ``audio_tokens`` embeddings per request.
+1. Whisper log-mel features for every request, padded to the model's window or, for a
+   model that declares ``encoder_bucket_seconds``, to its own length's bucket
+   (:mod:`.frames`; one group per bucket).
+2. Whisper encoder + projector per group -> audio embeddings, one per prompt audio slot.
 3. Requests are grouped by prompt length (the language hint may change it) and each
    group's prompts, with the embeddings scattered into the audio placeholder slots, go
    through DiffusionGemma's causal encoder once, building the read-only KV cache.
@@ -43,6 +45,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
+from .frames import encode, log_mel
 from .model import AsrModel
 from .types import AudioTooLong, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
 
@@ -110,19 +113,6 @@ def _sync(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def _features(model: AsrModel, audios: Sequence[np.ndarray]) -> torch.Tensor:
-    fe = model.feature_extractor
-    device = model.device
-    batch = fe(
-        [a.astype(np.float32, copy=False) for a in audios],
-        sampling_rate=model.spec.sample_rate,
-        return_tensors="pt",
-        padding="max_length",
-        device="cuda" if device.type == "cuda" else "cpu",
-    )
-    return batch.input_features.to(device=device, dtype=model.whisper.dtype)
 
 
 def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torch.Tensor) -> DynamicCache:
@@ -261,45 +251,59 @@ def denoise(
 
 @torch.inference_mode()
 def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[TranscribeResult]:
-    """Transcribe ``requests`` together; results come back in request order."""
+    """Transcribe ``requests`` together; results come back in request order.
+
+    Requests are grouped by the audio length the encoder sees (one group per bucket, or
+    one for the whole batch when the model pads to its window) and, within that, by
+    prompt length; each group runs its own encoder, prompt and denoising passes.
+    """
     for request in requests:
         validate_request(model, request)
     device = model.device
-    t0 = _sync(device)
-    features = _features(model, [r.audio for r in requests])
-    t1 = _sync(device)
-    frames = model.whisper(features).last_hidden_state
-    embeds = model.projector(frames).to(model.backbone.dtype)
-    t2 = _sync(device)
-    groups: dict[int, list[int]] = {}
+    spec = model.spec
+    by_length: dict[int, list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault(len(model.prompt_ids(r.language)), []).append(i)
+        by_length.setdefault(spec.encoder_samples(r.audio.shape[0]), []).append(i)
     canvases: list[list[int]] = [[] for _ in requests]
     steps_run = [0] * len(requests)
-    prompt_ms = denoise_ms = 0.0
-    for prompt_length, members in groups.items():
-        ta = _sync(device)
-        ids = torch.tensor([model.prompt_ids(requests[i].language) for i in members], device=device)
-        cache = encode_prompts(model, ids, embeds[members])
-        tb = _sync(device)
-        generators = [torch.Generator(device=device).manual_seed(requests[i].seed) for i in members]
-        starts: list[torch.Tensor | None] = [
-            torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas else None
-            for i in members
-        ]
-        cold = [k for k, start in enumerate(starts) if start is None]
-        if cold and model.spec.canvas_start == "ctc":
-            for k, canvas in zip(cold, ctc_canvases(model, embeds[[members[k] for k in cold]])):
-                starts[k] = canvas
-        rows, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
-        tc = _sync(device)
-        for i, row, n in zip(members, rows, ran):
-            canvases[i], steps_run[i] = row, n
-        prompt_ms += (tb - ta) * 1000
-        denoise_ms += (tc - tb) * 1000
+    features_ms = audio_ms = prompt_ms = denoise_ms = 0.0
+    for samples, batch in by_length.items():
+        t0 = _sync(device)
+        features = log_mel(model.feature_extractor, [requests[i].audio for i in batch], samples, device)
+        features = features.to(device=device, dtype=model.whisper.dtype)
+        t1 = _sync(device)
+        embeds = model.projector(encode(model.whisper, features)).to(model.backbone.dtype)
+        t2 = _sync(device)
+        features_ms += (t1 - t0) * 1000
+        audio_ms += (t2 - t1) * 1000
+        slots = embeds.shape[1]
+        groups: dict[int, list[int]] = {}
+        for k, i in enumerate(batch):
+            groups.setdefault(len(model.prompt_ids(requests[i].language, slots)), []).append(k)
+        for prompt_length, rows in groups.items():
+            members = [batch[k] for k in rows]
+            ta = _sync(device)
+            ids = torch.tensor([model.prompt_ids(requests[i].language, slots) for i in members], device=device)
+            cache = encode_prompts(model, ids, embeds[rows])
+            tb = _sync(device)
+            generators = [torch.Generator(device=device).manual_seed(requests[i].seed) for i in members]
+            starts: list[torch.Tensor | None] = [
+                torch.tensor(requests[i].start_canvas, dtype=torch.long) if requests[i].start_canvas else None
+                for i in members
+            ]
+            cold = [k for k, start in enumerate(starts) if start is None]
+            if cold and spec.canvas_start == "ctc":
+                for k, canvas in zip(cold, ctc_canvases(model, embeds[[rows[k] for k in cold]])):
+                    starts[k] = canvas
+            out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
+            tc = _sync(device)
+            for i, row, n in zip(members, out, ran):
+                canvases[i], steps_run[i] = row, n
+            prompt_ms += (tb - ta) * 1000
+            denoise_ms += (tc - tb) * 1000
     timings = PhaseTimings(
-        features_ms=(t1 - t0) * 1000,
-        audio_encoder_ms=(t2 - t1) * 1000,
+        features_ms=features_ms,
+        audio_encoder_ms=audio_ms,
         prompt_encode_ms=prompt_ms,
         denoise_ms=denoise_ms,
         batch_size=len(requests),

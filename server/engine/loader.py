@@ -28,12 +28,14 @@ from .model import PROJECTOR_FILE, AsrModel
 from .projector import AudioProjector
 from .spec import LANGUAGES, SPEC_FILE, ModelSpec, ProjectorConfig
 
-__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "DEMO_DIR", "resolve_model_name", "resolve_device", "load_model", "load_whisper_encoder"]
+__all__ = ["ModelLoadError", "PRESETS", "REAL_MODEL", "DEMO_MODEL", "DEMO_DIR", "resolve_model_name", "resolve_device", "load_model", "load_whisper_encoder"]
 
 log = logging.getLogger("dgasr.engine")
 
 REAL_MODEL = "diffusion-gemma-asr-small"
-# The embedded six-language demo model (scripts/train_demo.py), shipped as package data.
+# The embedded six-language demo model (frozen whisper-base encoder + trained projector and
+# small DiffusionGemma, scripts/train_demo.py), shipped in the repository as package data.
+DEMO_MODEL = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 _LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "hi": "Hindi", "zh": "Mandarin"}
 
@@ -75,23 +77,25 @@ PRESETS: dict[str, ModelSpec | Callable[[torch.device, torch.dtype], AsrModel] |
     REAL_MODEL: REAL_SPEC,
     "tiny-random": _tiny,
 }
-if (DEMO_DIR / SPEC_FILE).exists():  # registered only once a trained checkpoint is shipped
-    PRESETS["demo"] = DEMO_DIR
+if (DEMO_DIR / SPEC_FILE).exists():  # absent only in a checkout that dropped the weights
+    PRESETS[DEMO_MODEL] = DEMO_DIR
 
 
 def resolve_model_name(name: str) -> str:
-    """``auto`` -> the real model when CUDA is present, else the embedded ``demo`` model if shipped.
+    """``auto`` -> the real model when CUDA is present, else the embedded ``demo`` model.
 
-    Logs which model was picked and why; never falls back silently from an explicit name.
+    Logs which model was picked and why; never falls back silently from an explicit name
+    (a real model asked for and unloadable fails with its own clear error).
     """
     if name != "auto":
         return name
     if torch.cuda.is_available():
         log.info("model auto: CUDA is available, using %s", REAL_MODEL)
         return REAL_MODEL
-    if "demo" in PRESETS:
-        log.info("model auto: no CUDA GPU, using the embedded demo model (%s needs a GPU)", REAL_MODEL)
-        return "demo"
+    if DEMO_MODEL in PRESETS:
+        log.info("model auto: no CUDA GPU here, using the embedded demo model (%s needs a GPU with ~60 GB)",
+                 REAL_MODEL)
+        return DEMO_MODEL
     raise ModelLoadError(
         f"--model auto: no CUDA GPU here, and {REAL_MODEL} needs one (about 52 GB of weights). "
         "Use --model tiny-random to develop without weights (its text is random), "
@@ -117,7 +121,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+_GATED_PARTS = ("backbone", "tokenizer")  # Gemma's terms must be accepted; whisper and the adapter are open
+
+
 def _hub_hint(repo: str, part: str) -> str:
+    if part not in _GATED_PARTS:
+        return f"Pass a local copy with --{part} DIR, or allow downloads (unset HF_HUB_OFFLINE)."
     return (
         f"Accept the model's licence at https://huggingface.co/{repo} while logged in, then set "
         f"HF_TOKEN to a token with read access (or run `hf auth login`); or pass a local copy "
@@ -267,7 +276,39 @@ def _load_backbone(spec: ModelSpec, base: Path | None, device: torch.device, dty
     return backbone, tokenizer
 
 
+_PATTERNS = {
+    "whisper": ["*.json", "*.safetensors"],
+    "projector": ["*.json", "*.safetensors"],
+    "backbone": ["*.json", "*.safetensors", "*.model"],
+    "adapter": ["*.json", "*.safetensors"],
+    "tokenizer": ["*.json", "*.model", "*.txt"],
+}
+
+
+def _check_parts(spec: ModelSpec, base: Path | None) -> None:
+    """Resolve every part before loading any, so one message names everything that is missing."""
+    problems = []
+    seen = set()
+    for part, source in spec.parts.items():
+        if source and source not in seen:  # the real model's tokenizer and adapter share repos
+            seen.add(source)
+            try:
+                _resolve_part(source, base, part, _PATTERNS.get(part))
+            except ModelLoadError as exc:
+                problems.append(str(exc))
+    if len(problems) == 1:
+        raise ModelLoadError(problems[0])
+    if problems:
+        raise ModelLoadError(f"{len(problems)} parts of {spec.name} are missing: " + " | ".join(problems))
+
+
 def _load_spec(spec: ModelSpec, base: Path | None, device: torch.device, dtype: torch.dtype, source: str) -> AsrModel:
+    _check_parts(spec, base)
+    if spec.name == REAL_MODEL and device.type == "cpu":
+        raise ModelLoadError(
+            f"{REAL_MODEL} needs a CUDA GPU with about 60 GB of memory; on a CPU it would load about 100 GB "
+            "of weights in float32. Use --device cuda on a GPU machine, or --model demo here."
+        )
     whisper_dir = _resolve_part(spec.parts["whisper"], base, "whisper", ["*.json", "*.safetensors"])
     features, whisper = load_whisper_encoder(whisper_dir)
     projector_dir = _resolve_part(spec.parts["projector"], base, "projector", ["*.json", "*.safetensors"])

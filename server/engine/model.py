@@ -47,7 +47,7 @@ class AsrModel:
     source: str = "in-memory"
 
     def __post_init__(self) -> None:
-        self._prompt_cache: dict[str | None, list[int]] = {}
+        self._prompt_cache: dict[tuple[str | None, int], list[int]] = {}
         cfg = self.backbone.config
         if cfg.canvas_length != self.spec.canvas_length:
             raise ValueError(f"backbone canvas_length {cfg.canvas_length} != spec {self.spec.canvas_length}")
@@ -65,11 +65,16 @@ class AsrModel:
         eos = self.backbone.config.text_config.eos_token_id
         return eos[0] if isinstance(eos, list) else eos
 
-    def prompt_ids(self, language: str | None) -> list[int]:
-        """Token ids of the prompt for ``language`` (None = automatic), audio slots included."""
+    def prompt_ids(self, language: str | None, audio_slots: int | None = None) -> list[int]:
+        """Token ids of the prompt for ``language`` (None = automatic), audio slots included.
+
+        ``audio_slots`` defaults to the full window's ``audio_tokens``; a model that encodes
+        audio at its own length (``encoder_bucket_seconds``) passes ``spec.audio_slots(n)``.
+        """
         if language is not None and language not in self.spec.languages:
             raise ValueError(f"language {language!r} not supported; expected one of {', '.join(self.spec.languages)}")
-        cached = self._prompt_cache.get(language)
+        slots = self.spec.audio_tokens if audio_slots is None else audio_slots
+        cached = self._prompt_cache.get((language, slots))
         if cached is not None:
             return cached
         cfg = self.backbone.config
@@ -78,12 +83,12 @@ class AsrModel:
         ids: list[int] = []
         for piece in _PLACEHOLDER.split(self.spec.prompt_template):
             if piece == "{audio}":
-                ids += [cfg.boi_token_id] + [cfg.image_token_id] * self.spec.audio_tokens + [cfg.eoi_token_id]
+                ids += [cfg.boi_token_id] + [cfg.image_token_id] * slots + [cfg.eoi_token_id]
             elif piece == "{language}":
                 ids += self.tokenizer(hint, add_special_tokens=False).input_ids if hint else []
             elif piece:
                 ids += self.tokenizer(piece, add_special_tokens=False).input_ids
-        self._prompt_cache[language] = ids
+        self._prompt_cache[(language, slots)] = ids
         return ids
 
     def canvas_tokens(self, canvas: list[int]) -> list[int]:

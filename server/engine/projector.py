@@ -2,7 +2,10 @@
 
 Strided 1-D convolutions subsample time (8x for three stride-2 layers: 1500 whisper
 frames -> 188 embeddings per 30 s) and a final linear maps to the backbone width, so the
-embeddings can be scattered into the prompt's audio placeholder slots.
+embeddings can be scattered into the prompt's audio placeholder slots. Optional residual
+context blocks (``ProjectorConfig.context_blocks``; layer norm, pointwise conv, GELU,
+depthwise conv, GELU, pointwise conv, added back) widen what each embedding sees; their
+last conv starts at zero, so a block starts as the identity.
 """
 
 from __future__ import annotations
@@ -21,17 +24,36 @@ class AudioProjector(nn.Module):
         self.config = config
         layers: list[nn.Module] = []
         dim = config.in_dim
-        for _ in range(config.num_layers):
+        for stride in config.layer_strides():
             layers.append(
-                nn.Conv1d(dim, config.channels, config.kernel_size, config.stride, padding=config.kernel_size // 2)
+                nn.Conv1d(dim, config.channels, config.kernel_size, stride, padding=config.kernel_size // 2)
             )
             layers.append(nn.GELU())
             dim = config.channels
         self.convs = nn.Sequential(*layers)
+        self.context = nn.ModuleList(_ContextBlock(dim, config.context_kernel) for _ in range(config.context_blocks))
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, config.out_dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: (batch, time, in_dim) -> (batch, time / stride**layers, out_dim)."""
         x = self.convs(frames.transpose(1, 2)).transpose(1, 2)
+        for block in self.context:
+            x = block(x)
         return self.proj(self.norm(x))
+
+
+class _ContextBlock(nn.Module):
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.expand = nn.Conv1d(dim, 2 * dim, 1)
+        self.depthwise = nn.Conv1d(2 * dim, 2 * dim, kernel, padding=kernel // 2, groups=2 * dim)
+        self.reduce = nn.Conv1d(2 * dim, dim, 1)
+        nn.init.zeros_(self.reduce.weight)
+        nn.init.zeros_(self.reduce.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.expand(self.norm(x).transpose(1, 2)))
+        y = self.reduce(nn.functional.gelu(self.depthwise(y)))
+        return x + y.transpose(1, 2)

@@ -177,7 +177,7 @@ class Engine:
             if self._warmup:
                 self._warm_up(self._model)
         except BaseException as exc:  # reported through wait_ready, never lost
-            log.error("model failed to load: %s", exc)
+            log.debug("model failed to load: %s", exc)  # the caller reports it, once
             self._error = exc
             self.state = EngineState.FAILED
             self._signal_ready()

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LANGUAGES", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
+from server import pcm
 
-LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
+__all__ = ["LANGUAGES", "WHISPER_FRAMES_PER_SECOND", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
+
+LANGUAGES = pcm.LANGUAGES
 SPEC_FILE = "dgasr.json"
 CANVAS_STARTS = ("random", "ctc")
 FORMAT_VERSION = 1
+WHISPER_FRAMES_PER_SECOND = 50  # whisper encoder output rate: 100 mel frames/s, conv2 stride 2
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,23 @@ class ProjectorConfig:
     kernel_size: int = 3
     stride: int = 2
     out_dim: int = 2816
+    # Per-layer strides when they differ (e.g. (2, 1): subsample once, then one more
+    # layer of context at the same rate); empty = ``stride`` for every layer.
+    strides: tuple[int, ...] = ()
+    # Residual depthwise-conv context blocks after the convs (0 for the real model): a
+    # CTC reading through the lm_head emits a whole-word subword at one frame, so each
+    # frame must see the whole word (a kernel of 15 at 25 frames/s spans 0.6 s per block).
+    context_blocks: int = 0
+    context_kernel: int = 15
+
+    def layer_strides(self) -> tuple[int, ...]:
+        return self.strides or (self.stride,) * self.num_layers
 
     def output_frames(self, input_frames: int) -> int:
         n = input_frames
         pad = self.kernel_size // 2
-        for _ in range(self.num_layers):
-            n = (n + 2 * pad - self.kernel_size) // self.stride + 1
+        for stride in self.layer_strides():
+            n = (n + 2 * pad - self.kernel_size) // stride + 1
         return n
 
 
@@ -72,12 +86,18 @@ class ModelSpec:
     random tokens, DiffusionGemma's own start) or ``"ctc"`` (the greedy CTC reading of the
     audio embeddings through the lm_head, which the CTC training loss makes meaningful;
     the denoiser then corrects a nearly right canvas instead of inventing one).
+
+    ``encoder_bucket_seconds`` says how much audio the whisper encoder sees. ``0`` pads
+    every request to the full window, as whisper does and as the real model was trained;
+    ``> 0`` encodes the audio's own length rounded up to a multiple of it (a model
+    trained that way, like the demo), so a 2 s draft does not pay for a full-window
+    encode. The prompt then holds as many audio slots as the projector makes of it.
     """
 
     name: str
     parts: dict[str, str]
     window_seconds: float = 30.0
-    sample_rate: int = 16000
+    sample_rate: int = pcm.SAMPLE_RATE
     audio_tokens: int = 188
     canvas_length: int = 256
     prompt_template: str = "{audio}{language}"
@@ -90,10 +110,27 @@ class ModelSpec:
     projector: ProjectorConfig = ProjectorConfig()
     merge_lora: bool = True
     canvas_start: str = "random"
+    encoder_bucket_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.canvas_start not in CANVAS_STARTS:
             raise ValueError(f"canvas_start must be one of {', '.join(CANVAS_STARTS)}, got {self.canvas_start!r}")
+        if not 0 <= self.encoder_bucket_seconds <= self.window_seconds:
+            raise ValueError(f"encoder_bucket_seconds must be between 0 and the window ({self.window_seconds:g} s), "
+                             f"got {self.encoder_bucket_seconds!r}")
+
+    def encoder_samples(self, samples: int) -> int:
+        """How many samples of audio the encoder sees for ``samples`` of input (see above)."""
+        if not self.encoder_bucket_seconds:
+            return self.window_samples
+        bucket = int(round(self.encoder_bucket_seconds * self.sample_rate))
+        return min(self.window_samples, max(1, -(-samples // bucket)) * bucket)
+
+    def audio_slots(self, samples: int) -> int:
+        """Audio placeholder slots in the prompt for ``samples`` of input audio."""
+        if not self.encoder_bucket_seconds:
+            return self.audio_tokens
+        return self.projector.output_frames(self.encoder_samples(samples) * WHISPER_FRAMES_PER_SECOND // self.sample_rate)
 
     @property
     def window_samples(self) -> int:
@@ -102,6 +139,7 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["languages"] = list(self.languages)
+        data["projector"]["strides"] = list(self.projector.strides)
         data["format_version"] = FORMAT_VERSION
         return data
 
@@ -112,7 +150,9 @@ class ModelSpec:
         if version != FORMAT_VERSION:
             raise ValueError(f"unsupported {SPEC_FILE} format_version {version} (this dgasr reads {FORMAT_VERSION})")
         data["sampler"] = SamplerSettings(**data.get("sampler", {}))
-        data["projector"] = ProjectorConfig(**data.get("projector", {}))
+        projector = dict(data.get("projector", {}))
+        projector["strides"] = tuple(projector.get("strides", ()))
+        data["projector"] = ProjectorConfig(**projector)
         data["languages"] = tuple(data.get("languages", LANGUAGES))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known

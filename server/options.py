@@ -1,0 +1,95 @@
+"""dgasr-server's options: :class:`ServerConfig` and the command line that fills it.
+
+Nothing here imports torch or the engine, so ``dgasr-server --help`` and a bad option
+answer at once; the server itself (:mod:`server.app`) is imported only after parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+__all__ = ["ServerConfig", "parse_args"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    model: str = "auto"
+    device: str = "auto"
+    draft_steps: int | None = None  # None: the model's default
+    final_steps: int | None = None
+    max_steps: int | None = None
+    partial_interval_ms: int = 450
+    vad_aggressiveness: int = 2
+    silence_ms: int = 600
+    max_sessions: int = 64
+    max_batch: int = 16
+    idle_timeout: float = 30.0
+    max_frame_bytes: int = 1 << 20
+    warm_start: bool = False
+    log_level: str = "INFO"
+    whisper: str | None = None  # per-part overrides: HF repo id or directory
+    backbone: str | None = None
+    adapter: str | None = None
+
+
+
+
+_OPTIONS: list[tuple[str, type, str]] = [
+    ("host", str, "interface to listen on"),
+    ("port", int, "TCP port (0 picks a free one)"),
+    ("model", str, "auto (real model on CUDA, else demo) | diffusion-gemma-asr-small | demo | tiny-random | model directory"),
+    ("device", str, "auto | cpu | cuda | cuda:N"),
+    ("draft_steps", int, "denoising steps for partials (default: the model's)"),
+    ("final_steps", int, "denoising steps for finals (default: the model's)"),
+    ("max_steps", int, "upper limit for steps a client may ask for"),
+    ("partial_interval_ms", int, "new speech between two partials"),
+    ("vad_aggressiveness", int, "webrtcvad aggressiveness 0-3"),
+    ("silence_ms", int, "silence that ends a segment"),
+    ("max_sessions", int, "concurrent sessions; more get HTTP 503"),
+    ("max_batch", int, "requests per engine batch (1 disables batching)"),
+    ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
+    ("max_frame_bytes", int, "largest websocket frame accepted"),
+    ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
+    ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
+    ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
+    ("adapter", str, "projector + LoRA adapter: HF repo id or directory (overrides the model's)"),
+]
+
+
+def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Options from the command line, each defaulting to ``DGASR_<OPTION>`` from the environment."""
+    environ = os.environ if environ is None else environ
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="dgasr-server",
+        description="Streaming speech-to-text over websockets with a diffusion ASR model.",
+        epilog="Every option can also be set with an environment variable DGASR_<OPTION>, "
+        "e.g. DGASR_PORT=9000. Protocol: docs/protocol.md.",
+    )
+    for name, kind, help_text in _OPTIONS:
+        env = f"DGASR_{name.upper()}"
+        default = getattr(defaults, name)
+        if env in environ:
+            try:
+                default = kind(environ[env])
+            except ValueError:
+                parser.error(f"{env}={environ[env]!r} is not a valid {kind.__name__}")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                            help=f"{help_text} (env {env}; default: {default})")
+    warm = environ.get("DGASR_WARM_START", "").lower() in ("1", "true", "yes", "on")
+    parser.add_argument("--warm-start", action="store_true", default=warm,
+                        help="start each final (and draft) from the segment's last draft canvas (env DGASR_WARM_START)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.vad_aggressiveness <= 3:
+        parser.error("--vad-aggressiveness must be 0-3")
+    if args.max_batch < 1 or args.max_sessions < 1:
+        parser.error("--max-batch and --max-sessions must be at least 1")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
+    return ServerConfig(**vars(args))
+
+
