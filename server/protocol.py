@@ -56,8 +56,9 @@ PROTOCOL_VERSION = 1
 LISTEN_PATH = "/v1/listen"
 LANGUAGES = pcm.LANGUAGES
 # Why a session ended, as sent in ``closed.reason``: the client's eos, no audio or
-# keepalive for the idle timeout, or the server stopping (SIGINT/SIGTERM).
-CLOSE_REASONS: tuple[str, ...] = ("eos", "idle", "shutdown")
+# keepalive for the idle timeout, the client reading nothing for the idle timeout while
+# the server had messages for it, or the server stopping (SIGINT/SIGTERM).
+CLOSE_REASONS: tuple[str, ...] = ("eos", "idle", "stalled", "shutdown")
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 
