@@ -6,7 +6,7 @@ Text: sequences of words drawn from the ``TOP_WORDS`` most frequent in-script wo
 each language (``wordfreq``, frozen in ``demo_words.json``), sometimes with a number, or
 a short templated sentence. One word in ten (by a stable hash) is **held out**: training
 text never contains it, held-out text always does, so the test measures spelling that
-generalises through subwords and not a memorised word list.
+generalises letter by letter, not a memorised word list.
 
 Speech: espeak-ng in all six languages (voices, ~90 voice variants, speed, pitch, word
 gap; Mandarin through ``cmn-latn-pinyin``, since ``cmn`` reads pinyin tone digits as

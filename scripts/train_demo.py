@@ -11,7 +11,7 @@ backbone. The trainer samples batches of one encoder bucket from every shard fin
 far (new ones join as they land) and minimises
 
 * CTC on the projector outputs read through the tied lm_head (blank = pad id 0), with the
-  canvas's own subword ids as targets, so the greedy CTC reading of the audio is itself
+  canvas's own character ids as targets, so the greedy CTC reading of the audio is itself
   a canvas; the demo serves with ``canvas_start="ctc"``;
 * uniform-diffusion denoising, from ``--joint-after`` steps on: a random fraction of the
   target canvas is replaced by random ids and the decoder, reading the prompt KV cache
