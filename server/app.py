@@ -96,14 +96,18 @@ class DgasrServer:
         )
 
     async def shutdown(self, timeout: float = 60.0) -> None:
-        """Stop accepting, flush every session's finals, close, stop the engine loop."""
+        """Stop taking sessions, flush every session's finals, close, stop the engine loop.
+
+        The listening socket stays open while sessions drain, so a client that connects
+        meanwhile gets the documented HTTP 503 with Retry-After (``_process_request``)
+        instead of a refused connection, and a load balancer's health check sees
+        ``/readyz`` answer 503.
+        """
         if self._stopping:
             await self._closed.wait()
             return
         self._stopping = True
         log.info("shutting down: finalizing %d session(s)", len(self.connections))
-        if self._ws is not None:
-            self._ws.close(close_connections=False)
         for conn in list(self.connections.values()):
             conn.shutdown()
         if self.connections:

@@ -189,3 +189,36 @@ def test_a_nan_frame_between_two_sentences_is_bad_audio_and_keeps_two_segments(t
     assert errors and all(e.code == "bad_audio" for e in errors)
     assert len(finals) == 2, [(f.start, f.end) for f in finals]
     assert abs(finals[1].start - truth[1][0]) < 0.45
+
+
+def test_a_client_connecting_during_shutdown_gets_503_with_retry_after(tiny_engine):
+    """F10: while sessions drain, new clients got a refused connection instead of the documented 503."""
+    from websockets.exceptions import InvalidStatus
+
+    async def scenario():
+        async with running_server(tiny_engine, idle_timeout=3.0) as srv:
+            url = f"ws://127.0.0.1:{srv.port}/v1/listen"
+            slow = await connect(url, max_queue=1)  # never reads: its session drains slowly
+            for i in range(3000):
+                await slow.send(json.dumps({"type": "y" * 100, "i": i}))
+            stopping = asyncio.create_task(srv.shutdown(timeout=10))
+            await asyncio.sleep(0.3)
+            try:
+                async with connect(url):
+                    status = 101
+            except InvalidStatus as exc:
+                status, retry = exc.response.status_code, exc.response.headers.get("Retry-After")
+            ready = await asyncio.to_thread(_status, f"http://127.0.0.1:{srv.port}/readyz")
+            slow.transport.abort()
+            await stopping
+            return status, retry, ready
+
+    status, retry, ready = _run(scenario())
+    assert status == 503 and int(retry) > 0 and ready == 503
+
+
+def _status(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
