@@ -193,21 +193,22 @@ class Connection:
                     return False
         return True
 
+    def _time_out(self, reason: str, what: str) -> None:
+        """A fatal timeout error, then the session ends with ``reason`` (its finals still follow)."""
+        notice = Error(ErrorCode.TIMEOUT.value, f"{what} for {self.idle_timeout:g} s", fatal=True)
+        self.route(Output(messages=[notice]).extend(self.session.end(reason)))
+
     async def _read(self) -> None:
         session = self.session
         while session.state is SessionState.STREAMING:
             if not await self._wait_for_room():
                 self._stalled = True
-                notice = Error(ErrorCode.TIMEOUT.value, f"client read nothing for {self.idle_timeout:g} s", fatal=True)
-                self.route(Output(messages=[notice]).extend(session.end("stalled")))
-                return
+                return self._time_out("stalled", "client read nothing")
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     frame = await self.ws.recv()
             except TimeoutError:
-                notice = Error(ErrorCode.TIMEOUT.value, f"no audio or keepalive for {self.idle_timeout:g} s", fatal=True)
-                self.route(Output(messages=[notice]).extend(session.end("idle")))
-                return
+                return self._time_out("idle", "no audio or keepalive")
             if isinstance(frame, bytes):
                 t0 = time.perf_counter()
                 out = session.feed(frame)
