@@ -36,12 +36,21 @@ import sys
 from contextlib import suppress
 from typing import TextIO
 
-from server.audio import RAW_SUFFIXES
-from server.protocol import LANGUAGES, Closed, Encoding, Error, ListenParams, ParamError, Ready, ServerMessage
+from server.core.audio import RAW_SUFFIXES
+from server.wire.v1 import (
+    LANGUAGES,
+    Closed,
+    Encoding,
+    Error,
+    ListenParams,
+    ParamError,
+    Ready,
+    ServerMessage,
+)
 
-from .output import FORMATS, Sink, make_sink
 from .feeds import IteratorFeed
 from .mic import MicSource, list_input_devices
+from .output import FORMATS, Sink, make_sink
 from .session import ClientError, ExitCode, closing, converse, open_connection, run_live
 from .sources import DeviceError, FileSource, SourceError, StdinSource
 

@@ -32,9 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from server.protocol import Encoding
+from server.wire.v1 import Encoding
 
-from .sources import AudioFormat, DeviceError, _reason, _Resampler, _wire_rate, downmix, encode_samples
+from .sources import (
+    AudioFormat,
+    DeviceError,
+    _reason,
+    _Resampler,
+    _wire_rate,
+    downmix,
+    encode_samples,
+)
 
 __all__ = ["InputDevice", "MicSource", "StreamFactory", "list_input_devices", "query_input_device"]
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from server.protocol import Final, Partial, ServerMessage
+from server.wire.v1 import Final, Partial, ServerMessage
 
 __all__ = [
     "FORMATS",

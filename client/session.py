@@ -36,9 +36,24 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 
-from server.protocol import LISTEN_PATH, Closed, Eos, Error, Final, KeepAlive, ListenParams, ServerMessage, parse_server_message
+from server.wire.v1 import (
+    LISTEN_PATH,
+    Closed,
+    Eos,
+    Error,
+    Final,
+    KeepAlive,
+    ListenParams,
+    ServerMessage,
+    parse_server_message,
+)
 
 from .feeds import AudioFeed, Backlog, BacklogFeed
 

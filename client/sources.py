@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from server.audio import soundfile_args
-from server.pcm import float_to_s16
-from server.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
+from server.core.audio import soundfile_args
+from server.core.pcm import float_to_s16
+from server.wire.v1 import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 
 __all__ = [
     "AudioFormat",

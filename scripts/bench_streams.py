@@ -36,9 +36,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from audio_fixtures import speech_with_pauses  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from server.app import DgasrServer, ServerConfig, cpu_threads  # noqa: E402
+from server.cli.server import cpu_threads  # noqa: E402
 from server.engine import Engine, load_model  # noqa: E402
-from server.protocol import parse_server_message  # noqa: E402
+from server.service.config import ServerConfig  # noqa: E402
+from server.transports.server import DgasrServer  # noqa: E402
+from server.wire.v1 import parse_server_message  # noqa: E402
 
 PHRASES = [
     "Please send the report before the meeting tomorrow.",

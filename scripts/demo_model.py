@@ -26,12 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_data  # noqa: E402
-from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast  # noqa: E402
+from transformers import (  # noqa: E402
+    DiffusionGemmaConfig,
+    DiffusionGemmaForBlockDiffusion,
+    PreTrainedTokenizerFast,
+)
 
 from server.engine.loader import load_whisper_encoder  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 from server.engine.projector import AudioProjector  # noqa: E402
-from server.engine.spec import LANGUAGES, WHISPER_FRAMES_PER_SECOND, ModelSpec, ProjectorConfig  # noqa: E402
+from server.engine.spec import (  # noqa: E402
+    LANGUAGES,
+    WHISPER_FRAMES_PER_SECOND,
+    ModelSpec,
+    ProjectorConfig,
+)
 from server.engine.tiny import build_char_tokenizer  # noqa: E402
 
 __all__ = ["WINDOW_SECONDS", "BUCKET_SECONDS", "CANVAS", "DIMS", "demo_spec", "build_tokenizer",

@@ -20,10 +20,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import demo_data
 import numpy as np
 import torch
-
-import demo_data
 from demo_model import demo_spec
 
 from server.engine.frames import encode, log_mel

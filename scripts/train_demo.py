@@ -116,9 +116,9 @@ def quick_eval(model: AsrModel, utts, steps: int = 2) -> tuple[float, float]:
     """(denoised CER, CTC-reading CER) on a few held-out utterances, through the engine's own pass."""
     import jiwer
 
+    from server.core.requests import TranscribeRequest
     from server.engine.denoise import ctc_canvases, run_batch
     from server.engine.frames import embed_audio
-    from server.engine.types import TranscribeRequest
 
     model.projector.eval(), model.backbone.eval()
     hyps = [r.text for u in utts for r in run_batch(model, [TranscribeRequest(u.audio, steps, u.language)])]

@@ -2,6 +2,6 @@
 
 import sys
 
-from .server_cli import main
+from server.cli.server import main
 
 sys.exit(main())

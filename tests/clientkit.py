@@ -1,6 +1,6 @@
 """Helpers for dgasr-client tests against the real server (tiny-random engine).
 
-:class:`ServerThread` runs a real :class:`~server.app.DgasrServer` (through
+:class:`ServerThread` runs a real :class:`~server.transports.server.DgasrServer` (through
 :func:`wsclient.running_server`) on its own event-loop thread, so the client under test
 can own the main thread: ``cli.main`` calls ``asyncio.run`` and installs its SIGINT
 handler there, as it does when a user runs it. The server can be stopped (the same
@@ -22,9 +22,9 @@ import soundfile as sf
 from audio_fixtures import SAMPLE_RATE
 from wsclient import running_server
 
-from server.app import DgasrServer
 from server.engine import Engine
-from server.protocol import Closed, Final, ServerMessage, parse_server_message
+from server.transports.server import DgasrServer
+from server.wire.v1 import Closed, Final, ServerMessage, parse_server_message
 
 __all__ = ["REPO", "ServerThread", "parse_jsonl", "finals", "spans", "assert_near", "write_wav", "client_process"]
 

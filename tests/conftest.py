@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.app import cpu_threads
+from server.cli.server import cpu_threads
 from server.engine import Engine
 from server.engine.tiny import build_tiny_random
 

@@ -1,4 +1,4 @@
-"""Tests for server.audio: PCM decoding, streaming resampling and quiet-point splitting."""
+"""Tests for server.core.audio: PCM decoding, streaming resampling and quiet-point splitting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from audio_fixtures import SAMPLE_RATE, speech_with_pauses
 
-from server.audio import BadAudio, PcmDecoder, StreamResampler, find_split_point, split_long_audio
-from server.protocol import Encoding
+from server.core.audio import (
+    BadAudio,
+    PcmDecoder,
+    StreamResampler,
+    find_split_point,
+    split_long_audio,
+)
+from server.wire.v1 import Encoding
 
 
 def _random_cuts(n: int, rng: np.random.Generator, max_piece: int) -> list[int]:

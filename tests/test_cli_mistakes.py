@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_fixtures import POCKETSPHINX_DATA
+
 from client.sources import FileSource, SourceError
-from server.transcribe_cli import read_audio
+from server.cli.transcribe import read_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_server_unknown_host_exits_2_with_one_line():
 
 @pytest.mark.parametrize("prog, module, words", [
     ("dgasr-server", "server", "--max-sessions"),
-    ("dgasr-transcribe", "server.transcribe_cli", "--raw-rate"),
+    ("dgasr-transcribe", "server.cli.transcribe", "--raw-rate"),
 ])
 def test_help_does_not_import_torch(prog, module, words):
     code = (f"import sys, runpy; sys.modules['torch'] = None; sys.argv = ['{prog}', '--help']; "
@@ -79,12 +79,12 @@ def test_transcribe_reads_headerless_raw_files_as_16_bit_mono():
 
 def test_transcribe_missing_file_exits_2_naming_it(tmp_path):
     missing = tmp_path / "nothere.wav"
-    line = _one_line_error(_run("-m", "server.transcribe_cli", "--model", "tiny-random", str(missing)), 2)
+    line = _one_line_error(_run("-m", "server.cli.transcribe", "--model", "tiny-random", str(missing)), 2)
     assert str(missing) in line and "no such file" in line
 
 
 def test_transcribe_a_raw_file_end_to_end():
-    proc = _run("-m", "server.transcribe_cli", "--model", "tiny-random", str(POCKETSPHINX_DATA / "goforward.raw"))
+    proc = _run("-m", "server.cli.transcribe", "--model", "tiny-random", str(POCKETSPHINX_DATA / "goforward.raw"))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stdout.splitlines()) == 1
 

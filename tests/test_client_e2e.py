@@ -22,11 +22,20 @@ import pytest
 import soundfile as sf
 import soxr
 from audio_fixtures import SAMPLE_RATE, speech_with_pauses
-from clientkit import ServerThread, assert_near, client_process, closes, finals, parse_jsonl, spans, write_wav
+from clientkit import (
+    ServerThread,
+    assert_near,
+    client_process,
+    closes,
+    finals,
+    parse_jsonl,
+    spans,
+    write_wav,
+)
 from wsclient import assert_event_order
 
 from client import cli
-from server.protocol import Final, Partial, Ready
+from server.wire.v1 import Final, Partial, Ready
 
 SENTENCES = [0.3, "Hello there, how are you today?", 0.9, "The quick brown fox jumps over the lazy dog.", 0.9,
              "Please call me back tomorrow morning.", 0.8]

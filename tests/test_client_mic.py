@@ -25,12 +25,20 @@ import numpy as np
 import pytest
 import soxr
 from audio_fixtures import SAMPLE_RATE, speech_with_pauses
-from clientkit import ServerThread, assert_near, client_process, closes, finals, parse_jsonl, spans
+from clientkit import (
+    ServerThread,
+    assert_near,
+    client_process,
+    closes,
+    finals,
+    parse_jsonl,
+    spans,
+)
 from wsclient import assert_event_order
 
 from client import cli
 from client.mic import MicSource
-from server.protocol import Ready, ServerMessage
+from server.wire.v1 import Ready, ServerMessage
 
 ASOUNDRC = """\
 pcm.dgasrmic {{

@@ -5,8 +5,16 @@ from __future__ import annotations
 import io
 import re
 
-from client.output import LiveSink, SrtSink, TextSink, VttSink, make_sink, split_cues, wrap_text
-from server.protocol import (
+from client.output import (
+    LiveSink,
+    SrtSink,
+    TextSink,
+    VttSink,
+    make_sink,
+    split_cues,
+    wrap_text,
+)
+from server.wire.v1 import (
     Closed,
     Error,
     Final,

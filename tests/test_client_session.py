@@ -24,8 +24,15 @@ from wsclient import assert_event_order, encode, running_server
 
 from client import cli
 from client.feeds import Backlog, IteratorFeed
-from client.session import ClientError, ExitCode, build_url, converse, open_connection, run_live
-from server.protocol import Closed, Final, ListenParams, ServerMessage
+from client.session import (
+    ClientError,
+    ExitCode,
+    build_url,
+    converse,
+    open_connection,
+    run_live,
+)
+from server.wire.v1 import Closed, Final, ListenParams, ServerMessage
 
 BPS = SAMPLE_RATE * 2
 CHUNK = BPS // 10  # 100 ms of s16le, what the client sends per frame

@@ -18,7 +18,7 @@ from client import cli
 from client import mic as mic_module
 from client.mic import MicSource
 from client.sources import DeviceError, FileSource, Pacer, SourceError, StdinSource
-from server.protocol import Encoding
+from server.wire.v1 import Encoding
 
 REPO = Path(__file__).resolve().parents[1]
 

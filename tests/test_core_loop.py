@@ -1,4 +1,4 @@
-"""Tests for server.core: the engine loop's batching, failure isolation, wake-up and shutdown.
+"""Tests for server.service.loop: the engine loop's batching, failure isolation, wake-up and shutdown.
 
 The engine here is a fake on purpose: these tests are about what the loop does with a
 runner whose failures and timing the test controls (a "poison" request that fails any
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.core import EngineLoop
+from server.core.scheduler import Job, JobKind, Scheduler
 from server.engine import EngineError, PhaseTimings, TranscribeRequest, TranscribeResult
-from server.scheduler import Job, JobKind, Scheduler
+from server.service.loop import EngineLoop
 
 POISON = 666
 FINAL, DRAFT = JobKind.FINAL, JobKind.DRAFT

@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    EntropyBoundSamplerConfig,
+)
 
-from server.engine import AudioTooLong, Engine, EngineError, EngineState, InvalidRequest, TranscribeRequest
+from server.engine import (
+    AudioTooLong,
+    Engine,
+    EngineError,
+    EngineState,
+    InvalidRequest,
+    TranscribeRequest,
+)
 from server.engine import denoise as denoise_mod
 from server.engine.denoise import run_batch
 from server.engine.frames import embed_audio

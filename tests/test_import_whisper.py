@@ -15,7 +15,6 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
-
 from audio_fixtures import pocketsphinx_raw
 
 ROOT = Path(__file__).resolve().parent.parent

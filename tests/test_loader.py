@@ -78,7 +78,11 @@ def test_loader_merges_a_peft_lora_adapter_from_the_model_directory(tmp_path):
 
 def test_loader_reads_whisper_encoder_from_a_full_whisper_checkpoint(tmp_path):
     """openai/whisper-* repos hold WhisperForConditionalGeneration; the loader takes its encoder."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     config = WhisperConfig(
         num_mel_bins=80, d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,

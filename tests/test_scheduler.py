@@ -1,12 +1,12 @@
-"""Tests for server.scheduler: batching order, draft coalescing, retries and bounds (pure logic)."""
+"""Tests for server.core.scheduler: batching order, draft coalescing, retries and bounds (pure logic)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from server.core.scheduler import Job, JobKind, Scheduler, SchedulerFull
 from server.engine import TranscribeRequest
-from server.scheduler import Job, JobKind, Scheduler, SchedulerFull
 
 FINAL, DRAFT = JobKind.FINAL, JobKind.DRAFT
 

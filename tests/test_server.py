@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import assert_protocol_order, encode, running_server, stream
 
-from server.protocol import parse_server_message
+from server.wire.v1 import parse_server_message
 
 SENTENCES = ["Hello there, how are you today?", 1.2, "The quick brown fox jumps over the lazy dog.", 1.2,
              "Please call me back tomorrow morning."]

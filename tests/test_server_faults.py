@@ -19,7 +19,7 @@ from audio_fixtures import speech_with_pauses
 from websockets.asyncio.client import connect
 from wsclient import encode, running_server
 
-from server.protocol import parse_server_message
+from server.wire.v1 import parse_server_message
 
 
 def _run(coro):

@@ -1,4 +1,4 @@
-"""Tests for server.session: real espeak speech as client bytes in, protocol messages and jobs out.
+"""Tests for server.core.session: real espeak speech as client bytes in, session events and jobs out.
 
 The engine is not needed: jobs are answered with hand-made results through ``job_done`` /
 ``job_failed``, in whatever order a test wants, on a fake clock.
@@ -11,21 +11,30 @@ import pytest
 import soxr
 from audio_fixtures import SAMPLE_RATE, speech_with_pauses
 
-from server.engine import PhaseTimings, TranscribeResult
-from server.protocol import (
-    Closed,
-    Encoding,
-    Error,
-    ErrorCode,
+from server.core.events import (
+    Audio,
+    Draft,
+    Ended,
+    EndStream,
     Final,
-    ListenParams,
-    Partial,
-    Ready,
+    Finalize,
+    KeepAlive,
+    Problem,
+    ProblemCode,
     SpeechStarted,
     SpeechStopped,
 )
-from server.scheduler import Job, JobKind
-from server.session import Output, Session, SessionConfig, SessionError, SessionState
+from server.core.pcm import Encoding
+from server.core.requests import PhaseTimings, TranscribeResult
+from server.core.scheduler import Job, JobKind
+from server.core.session import (
+    Output,
+    Session,
+    SessionConfig,
+    SessionError,
+    SessionState,
+    StreamFormat,
+)
 
 SR = SAMPLE_RATE
 THREE_SENTENCES: list[str | float] = [
@@ -37,8 +46,8 @@ THREE_SENTENCES: list[str | float] = [
     "Thank you very much.",
     1.2,
 ]
-EOS = '{"type":"eos"}'
-FINALIZE = '{"type":"finalize"}'
+EOS = EndStream("eos")
+FINALIZE = Finalize()
 
 
 class Clock:
@@ -60,14 +69,14 @@ def encode(audio: np.ndarray, encoding: Encoding) -> bytes:
 def make_session(
     encoding: Encoding = Encoding.PCM_S16LE, sample_rate: int = SR, interim: bool = True, clock: Clock | None = None
 ) -> Session:
-    params = ListenParams(sample_rate=sample_rate, encoding=encoding, language="en", interim_results=interim)
+    params = StreamFormat(sample_rate=sample_rate, encoding=encoding, language="en", interim_results=interim)
     return Session("s1", params, SessionConfig("tiny", draft_steps=2, final_steps=16), clock=clock or Clock())
 
 
 def feed(session: Session, data: bytes, chunk: int | list[int] = 6400, clock: Clock | None = None) -> Output:
     """Feed ``data`` in chunks of a fixed size (or the given sizes, cycled); the clock follows the audio."""
     sizes = [chunk] if isinstance(chunk, int) else chunk
-    rate = session.params.sample_rate * session.params.encoding.sample_width
+    rate = session.stream.sample_rate * session.stream.encoding.sample_width
     out, pos, i = Output(), 0, 0
     while pos < len(data):
         piece = data[pos : pos + sizes[i % len(sizes)]]
@@ -115,11 +124,11 @@ def test_session_announces_segments_with_drafts_and_one_final_when_three_sentenc
     audio, truth = three
     session = make_session(encoding)
     out = feed(session, encode(audio, encoding))
-    assert all(isinstance(m, SpeechStarted | SpeechStopped) for m in out.messages)
-    assert [(type(m).__name__, m.segment) for m in out.messages] == [
+    assert all(isinstance(m, SpeechStarted | SpeechStopped) for m in out.events)
+    assert [(type(m).__name__, m.segment) for m in out.events] == [
         (name, n) for n in range(3) for name in ("SpeechStarted", "SpeechStopped")
     ]
-    segments = spans(out.messages)
+    segments = spans(out.events)
     for n, ((start, end), (t_start, t_end)) in enumerate(zip(segments, truth)):
         assert t_start - 0.4 <= start <= t_start and t_end <= end <= t_end + 0.4, f"segment {n}"
     # Jobs come segment by segment: drafts while open, then exactly one final.
@@ -150,16 +159,16 @@ def test_session_releases_finals_in_segment_order_when_jobs_complete_out_of_orde
     session = make_session()
     out = feed(session, encode(audio, Encoding.PCM_S16LE))
     finals = of_kind(out.jobs, JobKind.FINAL)
-    segments = spans(out.messages)
-    assert session.job_done(finals[1], result("sea shells")).messages == []
+    segments = spans(out.events)
+    assert session.job_done(finals[1], result("sea shells")).events == []
     assert session.pending_finals == 3
-    released = session.job_done(finals[0], result("quick brown fox")).messages
+    released = session.job_done(finals[0], result("quick brown fox")).events
     assert released == [
         Final(0, "quick brown fox", segments[0][0], segments[0][1], 16, "en", released[0].latency_ms),
         Final(1, "sea shells", segments[1][0], segments[1][1], 16, "en", released[1].latency_ms),
     ]
     assert session.pending_finals == 1
-    assert session.job_done(finals[2], result("thank you")).messages == [
+    assert session.job_done(finals[2], result("thank you")).events == [
         Final(2, "thank you", segments[2][0], segments[2][1], 16, "en", released[0].latency_ms)
     ]
     assert session.pending_finals == 0
@@ -174,12 +183,12 @@ def test_session_drops_partial_when_draft_completes_after_speech_stopped(
     data = encode(audio, Encoding.PCM_S16LE)
     split = 2 * round((truth[0][0] + 1.5) * SR)  # mid sentence 0, in bytes
     before = feed(session, data[:split])
-    assert spans(before.messages) == [] and len(before.messages) == 1  # open, not stopped
+    assert spans(before.events) == [] and len(before.events) == 1  # open, not stopped
     drafts = of_kind(before.jobs, JobKind.DRAFT, 0)
     assert drafts
     after = feed(session, data[split:])
-    assert isinstance(after.messages[0], SpeechStopped) and after.messages[0].segment == 0
-    assert session.job_done(drafts[-1], result("the quick", 2)).messages == []
+    assert isinstance(after.events[0], SpeechStopped) and after.events[0].segment == 0
+    assert session.job_done(drafts[-1], result("the quick", 2)).events == []
 
 
 def test_session_drops_older_draft_result_when_newer_partial_was_sent(
@@ -190,15 +199,15 @@ def test_session_drops_older_draft_result_when_newer_partial_was_sent(
     session = make_session()
     split = 2 * round((truth[0][0] + 2.0) * SR)
     out = feed(session, encode(audio, Encoding.PCM_S16LE)[:split])
-    started = out.messages[0]
+    started = out.events[0]
     assert isinstance(started, SpeechStarted)
     drafts = of_kind(out.jobs, JobKind.DRAFT, 0)
     assert len(drafts) >= 2
     newer, older = drafts[-1], drafts[-2]
-    partial = session.job_done(newer, result("the quick brown", 2)).messages
-    assert partial == [Partial(0, "the quick brown", started.start, round(started.start + newer.end / SR, 3), 2)]
-    assert session.job_done(older, result("the quick", 2)).messages == []
-    assert session.job_done(newer, result("the quick brown", 2)).messages == []  # a repeat is no news
+    partial = session.job_done(newer, result("the quick brown", 2)).events
+    assert partial == [Draft(0, "the quick brown", started.start, round(started.start + newer.end / SR, 3), 2)]
+    assert session.job_done(older, result("the quick", 2)).events == []
+    assert session.job_done(newer, result("the quick brown", 2)).events == []  # a repeat is no news
 
 
 @pytest.mark.parametrize("warm", [True, False])
@@ -207,7 +216,7 @@ def test_session_warm_starts_later_jobs_from_partial_canvas_when_enabled(
 ) -> None:
     """With warm_start, jobs after a partial start from its canvas; without, from scratch."""
     audio, truth = three
-    params = ListenParams(language="en")
+    params = StreamFormat(language="en")
     session = Session("s1", params, SessionConfig("tiny", 2, 16, warm_start=warm), clock=Clock())
     data = encode(audio, Encoding.PCM_S16LE)
     split = 2 * round((truth[0][0] + 1.0) * SR)
@@ -235,7 +244,7 @@ def test_session_measures_final_latency_from_segment_close_when_clock_advances(
         clock.now += 0.02
     closed_at = clock.now - 0.02
     clock.now = closed_at + 0.2375
-    final = session.job_done(of_kind(out.jobs, JobKind.FINAL)[0], result("fox")).messages[0]
+    final = session.job_done(of_kind(out.jobs, JobKind.FINAL)[0], result("fox")).events[0]
     assert isinstance(final, Final)
     assert final.latency_ms == pytest.approx(237.5, abs=0.1)
 
@@ -254,17 +263,17 @@ def test_session_sends_closed_after_last_final_when_eos_arrives_mid_speech(
     fed = round((truth[0][0] + 1.5) * SR)
     clip = audio[:fed] if rate == SR else soxr.resample(audio[:fed], SR, rate).astype(np.float32)
     out = feed(session, encode(clip, Encoding.PCM_S16LE), chunk=rate // 5 * 2)
-    started = out.messages[0]
-    assert [type(m) for m in out.messages] == [SpeechStarted]
-    end = session.text(EOS)
+    started = out.events[0]
+    assert [type(m) for m in out.events] == [SpeechStarted]
+    end = session.handle(EOS)
     assert session.state is SessionState.DRAINING
-    assert end.messages == [SpeechStopped(0, round(fed / SR, 3))]
+    assert end.events == [SpeechStopped(0, round(fed / SR, 3))]
     assert [(j.kind, j.segment) for j in end.jobs] == [(JobKind.FINAL, 0)]
     assert len(end.jobs[0].request.audio) == fed - round(started.start * SR)
     assert session.close_reason == "eos"
     done = session.job_done(end.jobs[0], result("the quick brown fox"))
-    assert [type(m) for m in done.messages] == [Final, Closed]
-    assert done.messages[1] == Closed("eos", 1, round(fed / SR, 3))
+    assert [type(m) for m in done.events] == [Final, Ended]
+    assert done.events[1] == Ended("eos", 1, round(fed / SR, 3))
     assert session.state is SessionState.CLOSED
 
 
@@ -272,15 +281,15 @@ def test_session_closes_at_once_when_eos_arrives_with_nothing_pending() -> None:
     """eos after silence only gives `closed` with zero segments and the seconds received."""
     session = make_session()
     feed(session, encode(np.zeros(SR // 2, np.float32), Encoding.PCM_S16LE))
-    assert session.text(EOS).messages == [Closed("eos", 0, 0.5)]
+    assert session.handle(EOS).events == [Ended("eos", 0, 0.5)]
     assert session.state is SessionState.CLOSED
-    assert session.text(FINALIZE) == Output()  # ending already: nothing changes
+    assert session.handle(FINALIZE) == Output()  # ending already: nothing changes
 
 
 def test_session_raises_when_audio_fed_after_eos() -> None:
     """Feeding audio once the session is draining or closed raises SessionError naming the state."""
     session = make_session()
-    session.text(EOS)
+    session.handle(EOS)
     with pytest.raises(SessionError, match="feed audio.*CLOSED"):
         session.feed(b"\x00\x00" * 160)
 
@@ -294,13 +303,13 @@ def test_session_closes_segment_now_when_finalize_sent_mid_speech(
     data = encode(audio[: round((truth[0][1] + 1.0) * SR)], Encoding.PCM_S16LE)
     cut = 2 * round((truth[0][0] + 1.2) * SR)
     out = feed(session, data[:cut])
-    fin = session.text(FINALIZE)
-    assert [type(m) for m in fin.messages] == [SpeechStopped]
-    assert fin.messages[0].segment == 0 and fin.messages[0].end <= cut / 2 / SR
+    fin = session.handle(FINALIZE)
+    assert [type(m) for m in fin.events] == [SpeechStopped]
+    assert fin.events[0].segment == 0 and fin.events[0].end <= cut / 2 / SR
     assert [(j.kind, j.segment) for j in fin.jobs] == [(JobKind.FINAL, 0)]
     assert session.state is SessionState.STREAMING
     rest = feed(session, data[cut:])
-    segments = spans(out.messages + fin.messages + rest.messages)
+    segments = spans(out.events + fin.events + rest.events)
     assert len(segments) == 2
     assert segments[0][1] <= segments[1][0] <= segments[0][1] + 0.1
     assert of_kind(rest.jobs, JobKind.FINAL, 1)
@@ -314,22 +323,22 @@ def test_session_schedules_no_drafts_when_interim_results_off(
     session = make_session(interim=False)
     out = feed(session, encode(audio, Encoding.PCM_S16LE))
     assert [(j.kind, j.segment) for j in out.jobs] == [(JobKind.FINAL, n) for n in range(3)]
-    assert session.ready() == Ready("s1", "tiny", SR, "pcm_s16le", "en", 2, 16, interim_results=False)
 
 
-@pytest.mark.parametrize("text", ["not json", '{"type":"flush"}', "[1, 2]", '{"type": 5}', '{"kind":"eos"}'])
-def test_session_reports_bad_message_and_keeps_working_when_text_is_malformed(
-    three: tuple[np.ndarray, list[tuple[float, float]]], text: str
+def test_session_ignores_keepalive_and_control_after_the_stream_ended(
+    three: tuple[np.ndarray, list[tuple[float, float]]],
 ) -> None:
-    """A bad text frame yields one non-fatal bad_message error; audio afterwards is processed."""
+    """KeepAlive changes nothing; after EndStream, Finalize/EndStream/KeepAlive change nothing either."""
     audio, _ = three
     session = make_session()
-    out = session.text(text)
-    assert len(out.messages) == 1 and not out.jobs
-    error = out.messages[0]
-    assert isinstance(error, Error) and error.code == ErrorCode.BAD_MESSAGE and not error.fatal
-    assert session.state is SessionState.STREAMING
-    assert len(spans(feed(session, encode(audio, Encoding.PCM_S16LE)).messages)) == 3
+    assert session.handle(KeepAlive()) == Output()
+    out = session.handle(Audio(encode(audio[: SR * 2], Encoding.PCM_S16LE)))
+    assert [type(e) for e in out.events][:1] == [SpeechStarted]
+    ending = session.handle(EndStream("idle"))
+    assert session.state is SessionState.DRAINING and [type(e) for e in ending.events] == [SpeechStopped]
+    for command in (Finalize(), EndStream("eos"), KeepAlive()):
+        assert session.handle(command) == Output()
+    assert session.close_reason == "idle"
 
 
 def test_session_drops_frame_with_bad_audio_error_when_float_frame_has_nan(
@@ -342,19 +351,19 @@ def test_session_drops_frame_with_bad_audio_error_when_float_frame_has_nan(
     """
     audio, truth = three
     data = encode(audio, Encoding.PCM_F32LE)
-    clean = spans(feed(make_session(Encoding.PCM_F32LE), data).messages)
+    clean = spans(feed(make_session(Encoding.PCM_F32LE), data).events)
     session = make_session(Encoding.PCM_F32LE)
     gap = 4 * round((truth[0][1] + 0.7) * SR)  # in the pause after sentence 0
     bad = np.frombuffer(data[gap : gap + 6400], "<f4").copy()
     bad[100] = np.nan
     first = feed(session, data[:gap])
     out = session.feed(bad.tobytes())
-    assert len(out.messages) == 1 and not out.jobs
-    error = out.messages[0]
-    assert isinstance(error, Error) and error.code == ErrorCode.BAD_AUDIO and not error.fatal
+    assert len(out.events) == 1 and not out.jobs
+    error = out.events[0]
+    assert isinstance(error, Problem) and error.code == ProblemCode.BAD_AUDIO and not error.fatal
     assert "NaN" in error.message and error.message.count("frame dropped") == 1
     rest = feed(session, data[gap + 6400 :])
-    segments = spans(first.messages + rest.messages)
+    segments = spans(first.events + rest.events)
     assert len(segments) == 3
     for (start, end), (ref_start, ref_end) in zip(segments, clean):
         assert abs(start - ref_start) <= 0.03 and abs(end - ref_end) <= 0.03
@@ -369,11 +378,11 @@ def test_session_sends_error_then_empty_final_when_final_job_fails(
     audio, _ = three
     session = make_session()
     out = feed(session, encode(audio, Encoding.PCM_S16LE))
-    segments = spans(out.messages)
+    segments = spans(out.events)
     assert session.job_failed(of_kind(out.jobs, JobKind.DRAFT, 2)[-1], RuntimeError("boom")) == Output()
-    failed = session.job_failed(of_kind(out.jobs, JobKind.FINAL, 0)[0], RuntimeError("boom")).messages
-    assert [type(m) for m in failed] == [Error, Final]
-    assert failed[0].code == ErrorCode.INTERNAL and "segment 0" in failed[0].message
+    failed = session.job_failed(of_kind(out.jobs, JobKind.FINAL, 0)[0], RuntimeError("boom")).events
+    assert [type(m) for m in failed] == [Problem, Final]
+    assert failed[0].code == ProblemCode.INTERNAL and "segment 0" in failed[0].message
     assert failed[1] == Final(0, "", segments[0][0], segments[0][1], 0, "en", failed[1].latency_ms)
     assert session.pending_finals == 2
 
@@ -383,12 +392,12 @@ def test_session_finds_same_segments_when_input_is_48khz(
 ) -> None:
     """48 kHz input of the same speech gives the same segments, boundaries within 50 ms."""
     audio, _ = three
-    reference = spans(feed(make_session(), encode(audio, Encoding.PCM_S16LE)).messages)
+    reference = spans(feed(make_session(), encode(audio, Encoding.PCM_S16LE)).events)
     audio48 = soxr.resample(audio, SR, 48000).astype(np.float32)
     session = make_session(sample_rate=48000)
     out = feed(session, encode(audio48, Encoding.PCM_S16LE), chunk=19200)
-    out.extend(session.text(EOS))
-    segments = spans(out.messages)
+    out.extend(session.handle(EOS))
+    segments = spans(out.events)
     assert len(segments) == len(reference) == 3
     for (start, end), (ref_start, ref_end) in zip(segments, reference):
         assert abs(start - ref_start) <= 0.05 and abs(end - ref_end) <= 0.05
@@ -405,9 +414,9 @@ def test_session_gives_same_messages_and_finals_when_chunk_sizes_differ(
     def run(chunk: int | list[int]) -> tuple[list[object], list[tuple[int, bytes]], list[Job]]:
         session = make_session()
         out = feed(session, data, chunk)
-        out.extend(session.text(EOS))
+        out.extend(session.handle(EOS))
         finals = [(j.segment, j.request.audio.tobytes()) for j in of_kind(out.jobs, JobKind.FINAL)]
-        return out.messages, finals, of_kind(out.jobs, JobKind.DRAFT)
+        return out.events, finals, of_kind(out.jobs, JobKind.DRAFT)
 
     ref_messages, ref_finals, _ = run(len(data))
     assert len(ref_finals) == 3

@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from audio_fixtures import speech_with_pauses
 
-from server.audio import split_long_audio
+from server.cli.transcribe import main, read_audio
+from server.core.audio import split_long_audio
 from server.engine import TranscribeRequest
 from server.engine.denoise import run_batch
 from server.engine.tiny import build_tiny_random
-from server.transcribe_cli import main, read_audio
 
 LONG = ["This recording is longer than the model window.", 0.7, "So the tool must cut it into pieces.", 0.7,
         "Each cut should fall into a pause between words.", 0.7, "And the pieces come back in order."]
@@ -63,7 +63,7 @@ def test_transcribe_exits_1_with_the_hub_message_when_weights_are_missing_offlin
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     env.pop("HF_TOKEN", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "server.transcribe_cli", "--model", "diffusion-gemma-asr-small", "--device", "cpu", str(wav)],
+        [sys.executable, "-m", "server.cli.transcribe", "--model", "diffusion-gemma-asr-small", "--device", "cpu", str(wav)],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1 and proc.stdout == ""

@@ -1,4 +1,4 @@
-"""Tests for server.vad: the segmenter on real speech (espeak-ng and human recordings)."""
+"""Tests for server.core.vad: the segmenter on real speech (espeak-ng and human recordings)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from audio_fixtures import (
     trim_silence,
 )
 
-from server.vad import (
+from server.core.vad import (
     EndReason,
     SegmentAudio,
     SegmentEnded,

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from websockets.asyncio.client import connect
 
-from server.app import DgasrServer, ServerConfig
 from server.engine import Engine
-from server.protocol import ServerMessage, parse_server_message
+from server.service.config import ServerConfig
+from server.transports.server import DgasrServer
+from server.wire.v1 import ServerMessage, parse_server_message
 
 
 @contextlib.asynccontextmanager

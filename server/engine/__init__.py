@@ -5,11 +5,19 @@ Layers: :mod:`.spec` (what a model declares), :mod:`.loader` (presets, directori
 pass, pure device work), :mod:`.runner` (the one thread that owns the device).
 """
 
+from server.core.requests import (
+    AudioTooLong,
+    EngineError,
+    InvalidRequest,
+    PhaseTimings,
+    TranscribeRequest,
+    TranscribeResult,
+)
+
 from .loader import PRESETS, REAL_MODEL, ModelLoadError, load_model, resolve_device
 from .model import AsrModel
 from .runner import Engine, EngineState
 from .spec import LANGUAGES, ModelSpec
-from .types import AudioTooLong, EngineError, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
 
 __all__ = [
     "PRESETS",

@@ -45,9 +45,16 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
+from server.core.requests import (
+    AudioTooLong,
+    InvalidRequest,
+    PhaseTimings,
+    TranscribeRequest,
+    TranscribeResult,
+)
+
 from .frames import encode, log_mel
 from .model import AsrModel
-from .types import AudioTooLong, InvalidRequest, PhaseTimings, TranscribeRequest, TranscribeResult
 
 __all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "ctc_collapse", "denoise"]
 

@@ -68,7 +68,7 @@ class ModelLoadError(RuntimeError):
 
 
 def _tiny(device: torch.device, dtype: torch.dtype) -> AsrModel:
-    from .tiny import build_tiny_random
+    from server.engine.tiny import build_tiny_random
 
     return build_tiny_random().to(device, dtype)
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from server.core.requests import EngineError, TranscribeRequest, TranscribeResult
+
 from .denoise import run_batch, validate_request
 from .model import AsrModel
 from .spec import ModelSpec
-from .types import EngineError, TranscribeRequest, TranscribeResult
 
 __all__ = ["EngineState", "EngineStats", "Engine"]
 

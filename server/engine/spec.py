@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server import pcm
+from server.core import pcm
 
 __all__ = ["LANGUAGES", "WHISPER_FRAMES_PER_SECOND", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
 

@@ -1,25 +1,27 @@
-"""One client's stream as an I/O-free state machine: bytes and control in, messages and jobs out.
+"""One client's stream as an I/O-free state machine: commands in, events and jobs out.
 
 How this works
 --------------
-A :class:`Session` turns what a client sends into two kinds of output (an
-:class:`Output`): protocol messages for the client and :class:`~server.scheduler.Job`
-objects for the engine. The server feeds it and routes the outputs; tests feed it arrays.
+A :class:`Session` turns typed commands (:mod:`server.core.events`: audio, finalize,
+end, keepalive) into two kinds of output (an :class:`Output`): events for the client and
+:class:`~server.core.scheduler.Job` objects for the engine. It knows no wire protocol:
+a transport decodes its frames into commands and encodes the events into its messages;
+tests call it directly.
 
 Audio: client bytes -> :class:`PcmDecoder` -> :class:`StreamResampler` (to 16 kHz) ->
-:class:`Segmenter`. Segment events become ``speech_started`` / ``speech_stopped``. While a
+:class:`Segmenter`. Segment events become ``SpeechStarted`` / ``SpeechStopped``. While a
 segment is open, every ``partial_interval_ms`` of new speech yields a draft job over the
 segment so far; when it closes, a final job. Engine results come back through
-:meth:`Session.job_done`.
+:meth:`Session.job_done` (the update step of the engine loop).
 
-Guarantees kept here: for each segment ``speech_started``, partials, ``speech_stopped``,
-then exactly one ``final``; finals leave in segment order even if they complete out of
-order; a draft that completes after its segment closed is dropped; after ``eos`` (or an
-idle/shutdown close) every open segment is finalized before ``closed``.
+Guarantees kept here: for each segment ``SpeechStarted``, drafts, ``SpeechStopped``,
+then exactly one ``Final``; finals leave in segment order even if they complete out of
+order; a draft that completes after its segment closed is dropped; after ``EndStream``
+(eos, idle, stalled, shutdown) every open segment is finalized before ``Ended``.
 
 States: ``STREAMING`` (audio accepted) -> ``DRAINING`` (end requested, finals pending)
--> ``CLOSED`` (``closed`` sent). ``ABORTED`` when the client vanished. Feeding audio in
-any state but ``STREAMING`` raises :class:`SessionError`.
+-> ``CLOSED`` (``Ended`` given out). ``ABORTED`` when the client vanished. Feeding audio
+in any state but ``STREAMING`` raises :class:`SessionError`.
 """
 
 from __future__ import annotations
@@ -32,29 +34,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import BadAudio, PcmDecoder, StreamResampler
-from .engine import TranscribeRequest, TranscribeResult
-from .protocol import (
-    BadMessage,
-    Closed,
-    Eos,
-    Error,
-    ErrorCode,
+from server.core.audio import BadAudio, PcmDecoder, StreamResampler
+from server.core.events import (
+    Audio,
+    Command,
+    Draft,
+    Ended,
+    EndStream,
+    Event,
     Final,
     Finalize,
-    ListenParams,
-    Partial,
-    Ready,
-    ServerMessage,
+    KeepAlive,
+    Problem,
+    ProblemCode,
     SpeechStarted,
     SpeechStopped,
-    parse_client_message,
 )
-from .scheduler import Job, JobKind
-from .pcm import SAMPLE_RATE
-from .vad import SegmentAudio, SegmentEnded, Segmenter, SegmentEvent, SegmentStarted, VadConfig
+from server.core.pcm import SAMPLE_RATE, Encoding
+from server.core.requests import TranscribeRequest, TranscribeResult
+from server.core.scheduler import Job, JobKind
+from server.core.vad import (
+    SegmentAudio,
+    SegmentEnded,
+    Segmenter,
+    SegmentEvent,
+    SegmentStarted,
+    VadConfig,
+)
 
-__all__ = ["SessionState", "SessionError", "SessionConfig", "Output", "Session"]
+__all__ = ["Output", "Session", "SessionConfig", "SessionError", "SessionState", "StreamFormat"]
 
 log = logging.getLogger("dgasr.session")
 
@@ -71,6 +79,16 @@ class SessionError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class StreamFormat:
+    """What the client declared about its stream (each protocol fills it from its own parameters)."""
+
+    sample_rate: int = SAMPLE_RATE
+    encoding: Encoding = Encoding.PCM_S16LE
+    language: str | None = None  # None: detect
+    interim_results: bool = True
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     """Server-side settings for one session (already clamped to the server's limits)."""
 
@@ -84,11 +102,11 @@ class SessionConfig:
 
 @dataclass
 class Output:
-    messages: list[ServerMessage] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
 
     def extend(self, other: Output) -> Output:
-        self.messages += other.messages
+        self.events += other.events
         self.jobs += other.jobs
         return self
 
@@ -116,17 +134,17 @@ class Session:
     def __init__(
         self,
         session_id: str,
-        params: ListenParams,
+        stream: StreamFormat,
         config: SessionConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = session_id
-        self.params = params
+        self.stream = stream
         self.config = config
         self.state = SessionState.STREAMING
         self._clock = clock
-        self._decoder = PcmDecoder(params.encoding)
-        self._resampler = StreamResampler(params.sample_rate)
+        self._decoder = PcmDecoder(stream.encoding)
+        self._resampler = StreamResampler(stream.sample_rate)
         self._segmenter = Segmenter(config.vad)
         self._segments: dict[int, _Segment] = {}
         self._next_final = 0  # next segment whose final goes out
@@ -138,13 +156,23 @@ class Session:
 
     # ---- inputs ------------------------------------------------------------
 
-    def ready(self) -> Ready:
-        p, c = self.params, self.config
-        return Ready(
-            session_id=self.id, model=c.model, sample_rate=p.sample_rate, encoding=p.encoding.value,
-            language=p.language, draft_steps=c.draft_steps, final_steps=c.final_steps,
-            interim_results=p.interim_results,
-        )
+    def handle(self, command: Command) -> Output:
+        """One command from the client. Once the stream is ending, all but audio change nothing.
+
+        Raises:
+            SessionError: audio after the stream ended (see :meth:`feed`).
+        """
+        if isinstance(command, Audio):
+            return self.feed(command.data)
+        if self.state is not SessionState.STREAMING:
+            return Output()
+        if isinstance(command, Finalize):
+            return self._on_events(self._segmenter.finalize())
+        if isinstance(command, EndStream):
+            return self.end(command.reason)
+        if isinstance(command, KeepAlive):
+            return Output()  # the transport resets its idle timer
+        raise TypeError(f"not a session command: {command!r}")
 
     def feed(self, data: bytes) -> Output:
         """Raw audio bytes in the declared encoding (any frame size).
@@ -165,28 +193,14 @@ class Session:
             # background, not speech (repeating the frame itself would extend a sentence that
             # ended just before it into the next one), and not digital silence (which would
             # drag the VAD's noise floor down and shift the next segment's start).
-            count = (held + len(data) - self._decoder.pending_bytes) // self.params.encoding.sample_width
+            count = (held + len(data) - self._decoder.pending_bytes) // self.stream.encoding.sample_width
             background = _quietest(self._last_good) if len(self._last_good) else np.zeros(1, np.float32)
             filler = np.resize(background, count)
-            out = Output(messages=[Error(ErrorCode.BAD_AUDIO.value, str(exc))])
+            out = Output(events=[Problem(ProblemCode.BAD_AUDIO, str(exc))])
             return out.extend(self._process(filler))
         if len(samples):
             self._last_good = samples
         return self._process(samples)
-
-    def text(self, text: str) -> Output:
-        """A client text frame: finalize / eos / keepalive, or a bad_message error."""
-        try:
-            message = parse_client_message(text)
-        except BadMessage as exc:
-            return Output(messages=[Error(ErrorCode.BAD_MESSAGE.value, str(exc))])
-        if self.state is not SessionState.STREAMING:
-            return Output()  # already ending: finalize/eos/keepalive change nothing
-        if isinstance(message, Finalize):
-            return self._on_events(self._segmenter.finalize())
-        if isinstance(message, Eos):
-            return self.end("eos")
-        return Output()  # keepalive: the server resets its idle timer
 
     def end(self, reason: str) -> Output:
         """Stop taking audio (eos, idle, shutdown); finalize what is open; ``closed`` follows."""
@@ -205,6 +219,11 @@ class Session:
 
     # ---- engine results ----------------------------------------------------
 
+    def update(self, job: Job, result: TranscribeResult | None, error: BaseException | None) -> Output:
+        """The engine loop's update step for this session: one job's result (or failure) as events."""
+        return self.job_done(job, result) if error is None and result is not None else self.job_failed(
+            job, error or RuntimeError("no result"))
+
     def job_done(self, job: Job, result: TranscribeResult) -> Output:
         segment = self._segments.get(job.segment)
         if segment is None or self.state is SessionState.ABORTED:
@@ -214,12 +233,12 @@ class Session:
                 return Output()  # segment closed meanwhile, or an older draft: drop it
             segment.partial_at = job.end
             segment.canvas = result.canvas
-            partial = Partial(job.segment, result.text, self._sec(segment.start),
-                              self._sec(segment.start + job.end), result.steps)
-            return Output(messages=[partial])
+            draft = Draft(job.segment, result.text, self._sec(segment.start),
+                          self._sec(segment.start + job.end), result.steps)
+            return Output(events=[draft])
         segment.final = Final(
             job.segment, result.text, self._sec(segment.start), self._sec(segment.end or segment.start),
-            result.steps, self.params.language, round((self._clock() - segment.closed_at) * 1000, 1),
+            result.steps, self.stream.language, round((self._clock() - segment.closed_at) * 1000, 1),
         )
         return self._release_finals()
 
@@ -229,9 +248,9 @@ class Session:
         if job.kind is JobKind.DRAFT or segment is None or self.state is SessionState.ABORTED:
             return Output()
         log.error("session %s segment %d: final failed: %s", self.id, job.segment, error)
-        out = Output(messages=[Error(ErrorCode.INTERNAL.value, f"segment {job.segment} could not be transcribed")])
+        out = Output(events=[Problem(ProblemCode.INTERNAL, f"segment {job.segment} could not be transcribed")])
         segment.final = Final(job.segment, "", self._sec(segment.start), self._sec(segment.end or segment.start),
-                              0, self.params.language, round((self._clock() - segment.closed_at) * 1000, 1))
+                              0, self.stream.language, round((self._clock() - segment.closed_at) * 1000, 1))
         return out.extend(self._release_finals())
 
     # ---- state -------------------------------------------------------------
@@ -247,7 +266,7 @@ class Session:
 
     @property
     def audio_seconds(self) -> float:
-        return self._input_samples / self.params.sample_rate
+        return self._input_samples / self.stream.sample_rate
 
     @property
     def segments(self) -> int:
@@ -273,38 +292,38 @@ class Session:
             if isinstance(event, SegmentStarted):
                 self._segments[event.segment] = _Segment(event.segment, event.start)
                 self._segment_count += 1
-                out.messages.append(SpeechStarted(event.segment, self._sec(event.start)))
+                out.events.append(SpeechStarted(event.segment, self._sec(event.start)))
             elif isinstance(event, SegmentAudio):
                 segment = self._segments[event.segment]
                 segment.chunks.append(event.samples)
                 segment.length += len(event.samples)
-                if self.params.interim_results and segment.length - segment.drafted_at >= self._interval:
+                if self.stream.interim_results and segment.length - segment.drafted_at >= self._interval:
                     segment.drafted_at = segment.length
                     out.jobs.append(self._job(segment, JobKind.DRAFT, self.config.draft_steps))
             elif isinstance(event, SegmentEnded):
                 segment = self._segments[event.segment]
                 segment.end = event.end
                 segment.closed_at = self._clock()
-                out.messages.append(SpeechStopped(event.segment, self._sec(event.end)))
+                out.events.append(SpeechStopped(event.segment, self._sec(event.end)))
                 out.jobs.append(self._job(segment, JobKind.FINAL, self.config.final_steps))
                 segment.chunks = []  # the final job holds the audio now
         return out
 
     def _job(self, segment: _Segment, kind: JobKind, steps: int) -> Job:
         canvas = segment.canvas if self.config.warm_start else None
-        request = TranscribeRequest(segment.audio(), steps, self.params.language, seed=segment.index,
+        request = TranscribeRequest(segment.audio(), steps, self.stream.language, seed=segment.index,
                                     start_canvas=canvas)
         return Job(self.id, segment.index, kind, request, end=segment.length)
 
     def _release_finals(self) -> Output:
         out = Output()
         while (segment := self._segments.get(self._next_final)) is not None and segment.final is not None:
-            out.messages.append(segment.final)
+            out.events.append(segment.final)
             del self._segments[self._next_final]
             self._next_final += 1
         if self.state is SessionState.DRAINING and not self._segments:
             self.state = SessionState.CLOSED
-            out.messages.append(Closed(self._close_reason, self._segment_count, round(self.audio_seconds, 3)))
+            out.events.append(Ended(self._close_reason, self._segment_count, round(self.audio_seconds, 3)))
         return out
 
 

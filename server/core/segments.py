@@ -1,4 +1,4 @@
-"""The segmenter's events: what :class:`server.vad.Segmenter` says about a stream.
+"""The segmenter's events: what :class:`server.core.vad.Segmenter` says about a stream.
 
 Kept apart from the state machine in ``vad.py`` so the session and tests can name the
 events without the VAD; ``EventCollector`` merges one call's adjacent audio into one event, so
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EndReason", "SegmentStarted", "SegmentAudio", "SegmentEnded", "SegmentEvent"]
+__all__ = ["EndReason", "SegmentAudio", "SegmentEnded", "SegmentEvent", "SegmentStarted"]
 
 
 class EndReason(enum.StrEnum):

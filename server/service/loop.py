@@ -3,7 +3,7 @@
 How this works
 --------------
 Sessions hand jobs to :meth:`EngineLoop.submit`, which queues them in the
-:class:`~server.scheduler.Scheduler` and wakes the loop (an ``asyncio.Event``: no
+:class:`~server.core.scheduler.Scheduler` and wakes the loop (an ``asyncio.Event``: no
 polling). The loop takes the next batch, hands it to the :class:`~server.engine.Engine`
 worker thread and awaits the future; meanwhile new jobs keep arriving and drafts keep
 being replaced, so the next batch is formed from the freshest work. Results go to the
@@ -25,10 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .engine import Engine, TranscribeResult
-from .scheduler import Job, JobKind, Scheduler
+from server.core.scheduler import Job, JobKind, Scheduler
+from server.engine import Engine, TranscribeResult
 
-__all__ = ["LoopStats", "EngineLoop"]
+__all__ = ["EngineLoop", "LoopStats"]
 
 log = logging.getLogger("dgasr.loop")
 

@@ -1,42 +1,17 @@
-"""dgasr-server's options: :class:`ServerConfig` and the command line that fills it.
+"""dgasr-server's command line: the options that fill a :class:`~server.service.config.ServerConfig`.
 
 Nothing here imports torch or the engine, so ``dgasr-server --help`` and a bad option
-answer at once; the server itself (:mod:`server.app`) is imported only after parsing.
+answer at once; the server itself (:mod:`server.transports.server`) is imported only after parsing.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
+from server.service.config import ServerConfig
+
 __all__ = ["ServerConfig", "parse_args"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    model: str = "auto"
-    device: str = "auto"
-    draft_steps: int | None = None  # None: the model's default
-    final_steps: int | None = None
-    max_steps: int | None = None
-    partial_interval_ms: int = 450
-    vad_aggressiveness: int = 2
-    silence_ms: int = 600
-    max_sessions: int = 64
-    max_batch: int = 16
-    idle_timeout: float = 30.0
-    max_frame_bytes: int = 1 << 20
-    warm_start: bool = False
-    log_level: str = "INFO"
-    whisper: str | None = None  # per-part overrides: HF repo id or directory
-    backbone: str | None = None
-    adapter: str | None = None
-
-
-
 
 _OPTIONS: list[tuple[str, type, str]] = [
     ("host", str, "interface to listen on"),
@@ -50,6 +25,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("vad_aggressiveness", int, "webrtcvad aggressiveness 0-3"),
     ("silence_ms", int, "silence that ends a segment"),
     ("max_sessions", int, "concurrent sessions; more get HTTP 503"),
+    ("max_connections_per_address", int, "connections (open or handshaking) from one IP; more are closed at accept"),
+    ("max_pending_handshakes", int, "sockets still in the websocket handshake; more are closed at accept"),
+    ("handshake_timeout", float, "seconds a new socket may take to finish its websocket handshake"),
     ("max_batch", int, "requests per engine batch (1 disables batching)"),
     ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
     ("max_frame_bytes", int, "largest websocket frame accepted"),
@@ -86,8 +64,9 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     args = parser.parse_args(argv)
     if not 0 <= args.vad_aggressiveness <= 3:
         parser.error("--vad-aggressiveness must be 0-3")
-    if args.max_batch < 1 or args.max_sessions < 1:
-        parser.error("--max-batch and --max-sessions must be at least 1")
+    if min(args.max_batch, args.max_sessions, args.max_connections_per_address, args.max_pending_handshakes) < 1:
+        parser.error("--max-batch, --max-sessions, --max-connections-per-address and --max-pending-handshakes "
+                     "must be at least 1")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
     return ServerConfig(**vars(args))

@@ -8,13 +8,37 @@ the int16 range), so a decode-encode round trip is exact.
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "LANGUAGES", "S16_SCALE", "s16_to_float", "float_to_s16"]
+__all__ = [
+    "LANGUAGES",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "S16_SCALE",
+    "SAMPLE_RATE",
+    "Encoding",
+    "float_to_s16",
+    "s16_to_float",
+]
 
 SAMPLE_RATE = 16000  # what the segmenter and every model work at
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "hi", "zh")
 S16_SCALE = 1.0 / 32768.0
+MIN_SAMPLE_RATE = 8000  # the input rates a stream may declare
+MAX_SAMPLE_RATE = 48000
+
+
+class Encoding(enum.StrEnum):
+    """Raw audio sample formats a stream may declare."""
+
+    PCM_S16LE = "pcm_s16le"
+    PCM_F32LE = "pcm_f32le"
+
+    @property
+    def sample_width(self) -> int:
+        return 2 if self is Encoding.PCM_S16LE else 4
 
 
 def s16_to_float(raw: np.ndarray) -> np.ndarray:

@@ -19,8 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .audio import soundfile_args, split_long_audio
-from .pcm import LANGUAGES
+from server.core.audio import soundfile_args, split_long_audio
+from server.core.pcm import LANGUAGES
 
 __all__ = ["main", "read_audio"]
 
@@ -70,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # the engine (torch, transformers) only once the arguments are known to be good
-    from .engine import Engine, ModelLoadError, TranscribeRequest, load_model
-    from .engine.loader import resolve_model_name
+    from server.engine import Engine, ModelLoadError, TranscribeRequest, load_model
+    from server.engine.loader import resolve_model_name
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

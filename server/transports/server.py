@@ -1,16 +1,23 @@
-"""`dgasr-server`: the websocket server, its HTTP endpoints, its options and its lifecycle.
+"""The listening server: websocket routes, HTTP endpoints, admission and shutdown.
 
 How this works
 --------------
 One process, one :class:`~server.engine.Engine` (the model on one device, one worker
-thread), one :class:`~server.core.EngineLoop` batching work from every session, and one
-:class:`~server.connection.Connection` per client. The websockets server's
-``process_request`` hook answers ``/healthz``, ``/readyz`` and ``/v1/models`` and
+thread), one :class:`~server.service.loop.EngineLoop` batching work from every session,
+one :class:`~server.service.registry.SessionRegistry` (its update step is the loop's
+``deliver``), and one transport connection per client. Websocket endpoints are routes
+(``websockets.asyncio.router.route`` over a werkzeug ``Map``): ``/v1/listen`` is the
+native v1 protocol (:mod:`server.transports.native`); a new protocol is one more rule.
+The ``process_request`` hook answers ``/healthz``, ``/readyz`` and ``/v1/models`` and
 validates ``/v1/listen`` query parameters before the upgrade (HTTP 400 with a JSON body
 naming the bad parameter; HTTP 503 with ``Retry-After`` when full or not ready).
 
-SIGINT/SIGTERM: stop accepting, end every session (their open segments are finalized
-and their finals and ``closed`` sent), wait for them, stop the engine, exit 0.
+Admission (:mod:`server.service.admission`) is counted by the connection class itself
+(accept and loss) and by the handler (session start and end), so no failed handshake
+can hold a slot, and idle sockets past the pending-handshake bound are closed at accept.
+
+Shutdown: stop taking sessions, end every session (open segments are finalized and
+their finals and ``closed`` sent), wait for them, stop the engine loop.
 """
 
 from __future__ import annotations
@@ -19,27 +26,28 @@ import asyncio
 import http
 import json
 import logging
-import os
-import signal
 import time
 import uuid
 from collections import deque
 from urllib.parse import parse_qsl
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.router import route
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
+from werkzeug.routing import Map, Rule
 
-from .connection import Connection
-from .core import EngineLoop
-from .engine import Engine, EngineState, ModelLoadError, TranscribeResult, load_model
-from .engine.loader import resolve_device, resolve_model_name
-from .options import ServerConfig
-from .protocol import LISTEN_PATH, ListenParams, ParamError
-from .scheduler import Job, Scheduler
-from .session import Session, SessionConfig
-from .vad import VadConfig
+from server.core.scheduler import Scheduler
+from server.core.session import Session, SessionConfig
+from server.core.vad import VadConfig
+from server.engine import Engine
+from server.service.admission import Admission, Limits
+from server.service.config import ServerConfig
+from server.service.loop import EngineLoop
+from server.service.registry import SessionRegistry
+from server.transports.native import Connection
+from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError
 
-__all__ = ["ServerConfig", "DgasrServer", "cpu_threads", "serve_until_signalled", "main"]
+__all__ = ["DgasrServer"]
 
 log = logging.getLogger("dgasr.server")
 
@@ -61,7 +69,10 @@ class DgasrServer:
         self.engine = engine
         self.scheduler = Scheduler()
         self.loop: EngineLoop | None = None
-        self.connections: dict[str, Connection] = {}
+        self.registry = SessionRegistry()
+        self.admission = Admission(Limits(config.max_sessions, config.max_connections_per_address,
+                                          config.max_pending_handshakes))
+        self.connections: dict[str, Connection] = {}  # the transport's side of each registered session
         self.port = config.port
         # (feed CPU seconds, audio seconds) of recent sessions, for benchmarks
         self.feed_stats: deque[tuple[float, float]] = deque(maxlen=1024)
@@ -69,12 +80,11 @@ class DgasrServer:
         self._ws: Server | None = None
         self._loop_task: asyncio.Task | None = None
         self._closed = asyncio.Event()
-        self._drained = asyncio.Event()  # set whenever the last connection ends
 
     # ---- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        self.loop = EngineLoop(self.engine, self.scheduler, self.config.max_batch, self._deliver)
+        self.loop = EngineLoop(self.engine, self.scheduler, self.config.max_batch, self.registry.deliver)
         self._loop_task = asyncio.create_task(self.loop.run(), name="engine-loop")
         try:
             self._ws = await self._serve()
@@ -86,11 +96,14 @@ class DgasrServer:
         log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
 
     async def _serve(self) -> Server:
-        return await serve(
-            self._handle,
+        routes = Map([Rule(LISTEN_PATH, endpoint=self._listen)])
+        return await route(
+            routes,
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            create_connection=_admitted_connection(self.admission),
+            open_timeout=self.config.handshake_timeout,
             max_size=self.config.max_frame_bytes,
             max_queue=32,
         )
@@ -111,9 +124,8 @@ class DgasrServer:
         for conn in list(self.connections.values()):
             conn.shutdown()
         if self.connections:
-            self._drained.clear()
             try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
+                await asyncio.wait_for(self.registry.wait_empty(), timeout)
             except TimeoutError:
                 log.warning("%d session(s) did not finish within %g s", len(self.connections), timeout)
         if self._ws is not None:
@@ -164,9 +176,9 @@ class DgasrServer:
         if self._stopping or not self.engine.ready:
             reason = "server is shutting down" if self._stopping else "model is still loading"
             return _json_response(connection, 503, {"error": "unavailable", "message": reason}, retry_after=5)
-        if len(self.connections) >= self.config.max_sessions:
+        if self.admission.full:
             return self._full(connection)
-        return None
+        return None  # the router hands it to the route's handler
 
     def _full(self, connection: ServerConnection) -> Response:
         message = f"server is full ({self.config.max_sessions} sessions)"
@@ -197,100 +209,69 @@ class DgasrServer:
             warm_start=self.config.warm_start,
         )
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        # Sessions are counted here, where one really starts, and nowhere else: a handshake
-        # that fails after process_request (a plain GET, a bad key, a client that hangs up)
-        # never reaches this handler, so it can hold no slot. Handshakes that raced past
-        # the 503 check are refused here with 1013 "try again later".
-        if len(self.connections) >= self.config.max_sessions or self._stopping:
+    async def _listen(self, ws: ServerConnection) -> None:
+        """The ``/v1/listen`` route: one native v1 session."""
+        ws.handshake_over()
+        # Sessions are counted here, where one really starts, and nowhere else. Handshakes
+        # that raced past the 503 check are refused with 1013 "try again later".
+        if self._stopping or not self.admission.start_session():
             await ws.close(1013, "server is full" if not self._stopping else "server is shutting down")
             return
+        try:
+            await self._run_session(ws)
+        finally:
+            self.admission.end_session()
+
+    async def _run_session(self, ws: ServerConnection) -> None:
         params = ListenParams.from_query(dict(parse_qsl(ws.request.path.partition("?")[2], keep_blank_values=True)))
-        session = Session(uuid.uuid4().hex[:12], params, self._session_config(params))
+        session = Session(uuid.uuid4().hex[:12], params.stream(), self._session_config(params))
         assert self.loop is not None
         conn = Connection(ws, session, self.loop, idle_timeout=self.config.idle_timeout)
         self.connections[session.id] = conn
-        peer = ws.remote_address[0] if ws.remote_address else "?"
-        log.info("session %s open: peer=%s rate=%d encoding=%s language=%s", session.id, peer,
+        self.registry.add(conn.sink)
+        log.info("session %s open: peer=%s rate=%d encoding=%s language=%s", session.id, ws.peer_ip,
                  params.sample_rate, params.encoding.value, params.language or "auto")
         try:
             await conn.run()
         finally:
             del self.connections[session.id]
-            if not self.connections:
-                self._drained.set()
+            self.registry.remove(session.id)
             self.feed_stats.append((conn.feed_seconds, session.audio_seconds))
             log.info(
                 "session %s close: state=%s reason=%s audio=%.1fs segments=%d partials=%d finals=%d "
                 "dropped_partials=%d duration=%.1fs", session.id, session.state.value, session.close_reason,
-                session.audio_seconds, session.segments, conn.partials, conn.finals,
+                session.audio_seconds, session.segments, conn.sink.partials, conn.sink.finals,
                 conn.outbox.dropped_partials, time.monotonic() - conn.opened,
             )
 
-    def _deliver(self, job: Job, result: TranscribeResult | None, error: BaseException | None) -> None:
-        conn = self.connections.get(job.session)
-        if conn is None:
-            return  # the client left; its results are simply dropped
-        out = conn.session.job_done(job, result) if error is None else conn.session.job_failed(job, error)
-        conn.route(out)
 
+def _admitted_connection(admission: Admission) -> type[ServerConnection]:
+    """websockets' connection class, counted by ``admission`` from accept to loss (its own hooks)."""
 
-def cpu_threads() -> int:
-    """Torch threads for a CPU engine: all cores but one, which the event loop keeps."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    class AdmittedConnection(ServerConnection):
+        peer_ip = "?"
+        _arrived = False
+        _pending = False
 
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            self.peer_ip = str(peer[0]) if peer else "?"
+            if not admission.arrive(self.peer_ip):
+                transport.abort()  # before a byte is read: the handshake fails at once, quietly
+                return
+            self._arrived = self._pending = True
 
-def _os_reason(exc: OSError) -> str:
-    """The OS's words for a bind failure (asyncio wraps them in a longer sentence)."""
-    if exc.errno:
-        text = os.strerror(exc.errno)
-        return text[0].lower() + text[1:]
-    return str(exc.strerror or exc)
+        def handshake_over(self) -> None:
+            if self._pending:
+                self._pending = False
+                admission.handshake_over()
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._arrived:
+                self.handshake_over()
+                admission.leave(self.peer_ip)
+                self._arrived = False
+            super().connection_lost(exc)
 
-async def serve_until_signalled(config: ServerConfig) -> int:
-    try:
-        name = resolve_model_name(config.model)
-        device = resolve_device(config.device)
-    except ModelLoadError as exc:
-        log.error("%s", exc)
-        return 1
-    parts = {"whisper": config.whisper, "backbone": config.backbone, "adapter": config.adapter}
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loaded = asyncio.Event()
-    engine = Engine(
-        lambda: load_model(name, device, parts=parts),
-        on_ready=lambda: loop.call_soon_threadsafe(loaded.set),
-        threads=cpu_threads() if device.type == "cpu" else None,
-    )
-    server = DgasrServer(config, engine)
-    try:  # bind first: a port in use must not cost a model load
-        await server.start()  # /healthz answers while the model loads; /readyz once it is warm
-    except OSError as exc:  # port in use, address not on this machine, no permission
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, _os_reason(exc))
-        return 2
-    engine.start()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({stopped, asyncio.create_task(loaded.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if engine.state is EngineState.FAILED:
-        try:
-            engine.wait_ready(0)
-        except Exception as exc:  # ModelLoadError carries a message meant for the user
-            log.error("model could not be loaded: %s", exc)
-        await server.shutdown()
-        return 1
-    await stopped
-    await server.shutdown()
-    engine.close()
-    log.info("stopped cleanly")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``dgasr-server``; the options are parsed first, in :mod:`server.options`, without torch."""
-    from .server_cli import main as cli_main
-
-    return cli_main(argv)
+    return AdmittedConnection

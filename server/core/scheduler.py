@@ -24,9 +24,9 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from .engine import TranscribeRequest
+from server.core.requests import TranscribeRequest
 
-__all__ = ["JobKind", "Job", "SchedulerFull", "Scheduler"]
+__all__ = ["Job", "JobKind", "Scheduler", "SchedulerFull"]
 
 _ids = itertools.count()
 

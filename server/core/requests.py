@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EngineError", "AudioTooLong", "InvalidRequest", "TranscribeRequest", "PhaseTimings", "TranscribeResult"]
+__all__ = ["AudioTooLong", "EngineError", "InvalidRequest", "PhaseTimings", "TranscribeRequest", "TranscribeResult"]
 
 
 class EngineError(RuntimeError):

@@ -19,18 +19,23 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from server.pcm import SAMPLE_RATE, s16_to_float
-from server.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
+from server.core.pcm import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    SAMPLE_RATE,
+    Encoding,
+    s16_to_float,
+)
 
 __all__ = [
+    "RAW_SUFFIXES",
     "TARGET_RATE",
     "BadAudio",
     "PcmDecoder",
     "StreamResampler",
     "find_split_point",
-    "split_long_audio",
-    "RAW_SUFFIXES",
     "soundfile_args",
+    "split_long_audio",
 ]
 
 TARGET_RATE = SAMPLE_RATE

@@ -22,34 +22,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from server import pcm
+from server.core import events as ev
+from server.core import pcm
+from server.core.events import ProblemCode
+from server.core.pcm import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
+from server.core.session import Session, StreamFormat
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "LISTEN_PATH",
     "CLOSE_REASONS",
     "LANGUAGES",
-    "MIN_SAMPLE_RATE",
+    "LISTEN_PATH",
     "MAX_SAMPLE_RATE",
-    "Encoding",
-    "ErrorCode",
-    "ParamError",
+    "MIN_SAMPLE_RATE",
+    "PROTOCOL_VERSION",
     "BadMessage",
-    "ListenParams",
-    "Finalize",
-    "Eos",
-    "KeepAlive",
     "ClientMessage",
-    "Ready",
-    "SpeechStarted",
-    "Partial",
-    "SpeechStopped",
-    "Final",
-    "Error",
     "Closed",
+    "Encoding",
+    "Eos",
+    "Error",
+    "ErrorCode",
+    "Final",
+    "Finalize",
+    "KeepAlive",
+    "ListenParams",
+    "ParamError",
+    "Partial",
+    "Ready",
     "ServerMessage",
+    "SpeechStarted",
+    "SpeechStopped",
+    "decode_command",
+    "encode_event",
     "parse_client_message",
     "parse_server_message",
+    "ready_message",
 ]
 
 PROTOCOL_VERSION = 1
@@ -59,27 +66,9 @@ LANGUAGES = pcm.LANGUAGES
 # keepalive for the idle timeout, the client reading nothing for the idle timeout while
 # the server had messages for it, or the server stopping (SIGINT/SIGTERM).
 CLOSE_REASONS: tuple[str, ...] = ("eos", "idle", "stalled", "shutdown")
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 48000
 
 
-class Encoding(enum.StrEnum):
-    """Raw audio sample formats a client may declare."""
-
-    PCM_S16LE = "pcm_s16le"
-    PCM_F32LE = "pcm_f32le"
-
-    @property
-    def sample_width(self) -> int:
-        return 2 if self is Encoding.PCM_S16LE else 4
-
-
-class ErrorCode(enum.StrEnum):
-    BAD_AUDIO = "bad_audio"
-    BAD_MESSAGE = "bad_message"
-    OVERLOADED = "overloaded"
-    TIMEOUT = "timeout"
-    INTERNAL = "internal"
+ErrorCode = ProblemCode  # v1's error.code values are the core's problem codes
 
 
 class ParamError(ValueError):
@@ -170,6 +159,10 @@ class ListenParams:
             if name in query:
                 kwargs[name] = _parse_int(name, query[name], 1, 1000)
         return cls(**kwargs)
+
+    def stream(self) -> StreamFormat:
+        """The stream these parameters declare, as the core session takes it."""
+        return StreamFormat(self.sample_rate, self.encoding, self.language, self.interim_results)
 
     def to_query(self) -> dict[str, str]:
         """The inverse of :meth:`from_query`, omitting values left to the server."""
@@ -343,3 +336,41 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:
         raise BadMessage(f"malformed {data['type']} message: {exc}") from None
+
+
+# ---- the codec between v1 frames and the core session -------------------------
+
+_COMMANDS: dict[type, ev.Command] = {Finalize: ev.Finalize(), Eos: ev.EndStream("eos"), KeepAlive: ev.KeepAlive()}
+
+
+def decode_command(text: str) -> ev.Command:
+    """One v1 text frame as a session command; raises :class:`BadMessage` (already clipped)."""
+    return _COMMANDS[type(parse_client_message(text))]
+
+
+def encode_event(event: ev.Event) -> ServerMessage:
+    """A session event as its v1 message."""
+    match event:
+        case ev.SpeechStarted(segment, start):
+            return SpeechStarted(segment, start)
+        case ev.Draft(segment, text, start, end, steps):
+            return Partial(segment, text, start, end, steps)
+        case ev.SpeechStopped(segment, end):
+            return SpeechStopped(segment, end)
+        case ev.Final(segment, text, start, end, steps, language, latency_ms):
+            return Final(segment, text, start, end, steps, language, latency_ms)
+        case ev.Problem(code, message, fatal):
+            return Error(code.value, message, fatal)
+        case ev.Ended(reason, segments, audio_seconds):
+            return Closed(reason, segments, audio_seconds)
+    raise TypeError(f"not a session event: {event!r}")
+
+
+def ready_message(session: Session) -> Ready:
+    """The v1 ``ready`` for a session: what the server settled on (steps clamped to its limits)."""
+    stream, config = session.stream, session.config
+    return Ready(
+        session_id=session.id, model=config.model, sample_rate=stream.sample_rate, encoding=stream.encoding.value,
+        language=stream.language, draft_steps=config.draft_steps, final_steps=config.final_steps,
+        interim_results=stream.interim_results,
+    )

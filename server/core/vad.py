@@ -43,20 +43,27 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from server.audio import find_split_point
-from server.pcm import SAMPLE_RATE, float_to_s16
-from server.segments import EndReason, SegmentAudio, SegmentEnded, SegmentEvent, SegmentStarted, EventCollector
+from server.core.audio import find_split_point
+from server.core.pcm import SAMPLE_RATE, float_to_s16
+from server.core.segments import (
+    EndReason,
+    EventCollector,
+    SegmentAudio,
+    SegmentEnded,
+    SegmentEvent,
+    SegmentStarted,
+)
 
 __all__ = [
-    "VadConfig",
-    "SegmenterState",
-    "SegmenterError",
     "EndReason",
-    "SegmentStarted",
     "SegmentAudio",
     "SegmentEnded",
     "SegmentEvent",
+    "SegmentStarted",
     "Segmenter",
+    "SegmenterError",
+    "SegmenterState",
+    "VadConfig",
 ]
 
 

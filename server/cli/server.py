@@ -1,0 +1,95 @@
+"""`dgasr-server`'s entry point: options first (no torch), then the server.
+
+Exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 1 the model could not be loaded,
+2 bad usage (an option, or an address that cannot be listened on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from server.cli.options import parse_args
+from server.service.config import ServerConfig
+
+__all__ = ["cpu_threads", "main", "serve_until_signalled"]
+
+log = logging.getLogger("dgasr.server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve_until_signalled(config))
+
+
+def cpu_threads() -> int:
+    """Torch threads for a CPU engine: all cores but one, which the event loop keeps."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS's words for a bind failure (asyncio wraps them in a longer sentence)."""
+    if exc.errno:
+        text = os.strerror(exc.errno)
+        return text[0].lower() + text[1:]
+    return str(exc.strerror or exc)
+
+
+async def serve_until_signalled(config: ServerConfig) -> int:
+    """Load the model behind a listening server; serve until SIGINT/SIGTERM; the exit code."""
+    from server.engine import (  # torch: only now
+        Engine,
+        EngineState,
+        ModelLoadError,
+        load_model,
+    )
+    from server.engine.loader import resolve_device, resolve_model_name
+    from server.transports.server import DgasrServer
+
+    try:
+        name = resolve_model_name(config.model)
+        device = resolve_device(config.device)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 1
+    parts = {"whisper": config.whisper, "backbone": config.backbone, "adapter": config.adapter}
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loaded = asyncio.Event()
+    engine = Engine(
+        lambda: load_model(name, device, parts=parts),
+        on_ready=lambda: loop.call_soon_threadsafe(loaded.set),
+        threads=cpu_threads() if device.type == "cpu" else None,
+    )
+    server = DgasrServer(config, engine)
+    try:  # bind first: a port in use must not cost a model load
+        await server.start()  # /healthz answers while the model loads; /readyz once it is warm
+    except OSError as exc:  # port in use, address not on this machine, no permission
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, _os_reason(exc))
+        return 2
+    engine.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, asyncio.create_task(loaded.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if engine.state is EngineState.FAILED:
+        try:
+            engine.wait_ready(0)
+        except Exception as exc:  # ModelLoadError carries a message meant for the user
+            log.error("model could not be loaded: %s", exc)
+        await server.shutdown()
+        return 1
+    await stopped
+    await server.shutdown()
+    engine.close()
+    log.info("stopped cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

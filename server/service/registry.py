@@ -1,0 +1,113 @@
+"""The live sessions, each with its sink, and the engine loop's update step.
+
+How this works
+--------------
+Every transport connection, whatever its protocol, registers one :class:`SessionSink`:
+the core :class:`~server.core.session.Session`, the protocol's event encoder and a
+bounded :class:`~server.service.outbox.Outbox`. :meth:`SessionSink.route` is the one
+place a session's output goes: events, encoded once, to the outbox; jobs to the engine
+loop. :meth:`SessionRegistry.deliver` is the loop's update step: it finds the session a
+result belongs to, lets the session turn it into events (``Session.update``) and routes
+them, without ever touching a socket. A result for a session that has gone is dropped.
+
+Backpressure: the sink's ``room`` is clear while the session has ``max_pending_finals``
+finals in the works or its outbox is full; transports stop reading audio until it is
+set again, so a client faster than the device, or one that does not read, is slowed by
+TCP instead of growing server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+from server.core.events import Draft, Event, Final
+from server.core.requests import TranscribeResult
+from server.core.scheduler import Job
+from server.core.session import Output, Session
+from server.service.loop import EngineLoop
+from server.service.outbox import Outbox
+
+__all__ = ["SessionRegistry", "SessionSink"]
+
+Encoder = Callable[[Event], str | bytes | None]  # an event as the protocol's frame, or None: not sent
+
+
+class SessionSink:
+    """One session's way out: encoded events into its outbox, jobs into the engine loop."""
+
+    def __init__(self, session: Session, loop: EngineLoop, encode: Encoder, *,
+                 max_pending_finals: int = 4, outbox_limit: int = 256, outbox_bytes: int = 256 * 1024) -> None:
+        self.session = session
+        self.loop = loop
+        self.encode = encode
+        self.outbox = Outbox(outbox_limit, outbox_bytes)
+        self.max_pending_finals = max_pending_finals
+        self.partials = 0
+        self.finals = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    def route(self, out: Output) -> None:
+        for event in out.events:
+            frame = self.encode(event)
+            if frame is not None:
+                self.outbox.put(event, frame)
+            if isinstance(event, Final):
+                self.finals += 1
+            elif isinstance(event, Draft):
+                self.partials += 1
+        if out.jobs:
+            self.loop.submit(out.jobs)
+        self.update_room()
+
+    def send(self, message: object, frame: str | bytes) -> None:
+        """A protocol's own message (v1's ``ready``): never dropped."""
+        self.outbox.put(message, frame)
+        self.update_room()
+
+    def update_room(self) -> None:
+        if self.session.pending_finals < self.max_pending_finals and not self.outbox.full:
+            self.room.set()
+        else:
+            self.room.clear()
+
+
+class SessionRegistry:
+    """Sessions by id; the engine loop's ``deliver`` callback."""
+
+    def __init__(self) -> None:
+        self._sinks: dict[str, SessionSink] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+    def __iter__(self) -> Iterator[SessionSink]:
+        return iter(list(self._sinks.values()))
+
+    def get(self, session_id: str) -> SessionSink | None:
+        return self._sinks.get(session_id)
+
+    def add(self, sink: SessionSink) -> None:
+        self._sinks[sink.id] = sink
+        self._empty.clear()
+
+    def remove(self, session_id: str) -> None:
+        self._sinks.pop(session_id, None)
+        if not self._sinks:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+    def deliver(self, job: Job, result: TranscribeResult | None, error: BaseException | None) -> None:
+        """The update step: an engine result becomes its session's events, routed to its sink."""
+        sink = self._sinks.get(job.session)
+        if sink is not None:  # the client left: its results are simply dropped
+            sink.route(sink.session.update(job, result, error))

@@ -1,0 +1,156 @@
+"""The native v1 websocket transport: frames to session commands, session events to frames.
+
+How this works
+--------------
+One :class:`Connection` per client. A reader coroutine pulls frames from the socket and
+decodes them with the v1 codec (:mod:`server.wire.v1`): binary frames are ``Audio``
+commands, text frames ``Finalize`` / ``EndStream`` / ``KeepAlive`` (or a ``bad_message``
+problem). A writer task drains the session's outbox (:class:`~server.service.registry.SessionSink`)
+into the socket. Everything between, the session, the engine loop and backpressure,
+lives in the layers below; this module only does socket I/O and the two timeouts a
+socket needs (idle reader, stalled writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from server.core.events import Audio, Ended, EndStream, Event, Problem, ProblemCode
+from server.core.session import Output, Session, SessionState
+from server.service.loop import EngineLoop
+from server.service.registry import SessionSink
+from server.wire import v1
+
+__all__ = ["Connection", "encode_v1"]
+
+log = logging.getLogger("dgasr.server")
+
+
+def encode_v1(event: Event) -> str:
+    return v1.encode_event(event).to_json()
+
+
+class Connection:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        session: Session,
+        loop: EngineLoop,
+        *,
+        idle_timeout: float,
+        max_pending_finals: int = 4,
+        outbox_limit: int = 256,
+        drain_timeout: float = 120.0,
+    ) -> None:
+        self.ws = ws
+        self.session = session
+        self.loop = loop
+        self.sink = SessionSink(session, loop, encode_v1, max_pending_finals=max_pending_finals,
+                                outbox_limit=outbox_limit)
+        self.outbox = self.sink.outbox
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.opened = time.monotonic()
+        self.feed_seconds = 0.0  # CPU spent decoding, resampling and segmenting this client's audio
+        self._reader: asyncio.Task | None = None
+        self._stalled = False  # the client stopped reading: its drain is bounded by the idle timeout
+
+    def route(self, out: Output) -> None:
+        self.sink.route(out)
+
+    def shutdown(self) -> None:
+        """Server is stopping: finalize everything open, let the writer send it, then close."""
+        self.route(self.session.handle(EndStream("shutdown")))
+        if self._reader is not None:
+            self._reader.cancel()
+
+    # ---- tasks -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until ``closed`` is sent or the client vanishes.
+
+        Ends when the reader is done (eos, idle, shutdown) and the writer has drained, or as
+        soon as the writer fails (the socket is gone: a client that stopped reading and
+        then reset must not leave its reader waiting for room that never comes).
+        """
+        writer = asyncio.create_task(self._write(), name=f"writer-{self.session.id}")
+        self._reader = asyncio.create_task(self._read(), name=f"reader-{self.session.id}")
+        try:
+            ready = v1.ready_message(self.session)
+            self.sink.send(ready, ready.to_json())
+            done, _ = await asyncio.wait({self._reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if self._reader in done:
+                if not self._reader.cancelled():  # cancelled = shutdown(), which already ended the session
+                    self._reader.result()
+                drain = self.idle_timeout if self._stalled else self.drain_timeout
+                await asyncio.wait_for(asyncio.shield(writer), drain)
+            else:
+                writer.result()
+        except (ConnectionClosed, TimeoutError) as exc:
+            log.info("session %s: client gone or too slow (%s)", self.session.id, type(exc).__name__)
+        finally:
+            for task in (self._reader, writer):
+                task.cancel()
+            await asyncio.gather(self._reader, writer, return_exceptions=True)
+            if self.session.state is not SessionState.CLOSED:
+                self.session.abort()
+            self.loop.forget_session(self.session.id)
+
+    async def _wait_for_room(self) -> bool:
+        """Wait until the session may take more audio; False if the client stopped reading.
+
+        Room runs out for two reasons: finals still being computed (the device is busy:
+        wait as long as it takes) or a full outbox (the client is not reading: after the
+        idle timeout, give up on it).
+        """
+        while not self.sink.room.is_set():
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    await self.sink.room.wait()
+            except TimeoutError:
+                if self.outbox.full:
+                    return False
+        return True
+
+    def _time_out(self, reason: str, what: str) -> None:
+        """A fatal timeout error, then the session ends with ``reason`` (its finals still follow)."""
+        notice = Problem(ProblemCode.TIMEOUT, f"{what} for {self.idle_timeout:g} s", fatal=True)
+        self.route(Output(events=[notice]).extend(self.session.handle(EndStream(reason))))
+
+    async def _read(self) -> None:
+        session = self.session
+        while session.state is SessionState.STREAMING:
+            if not await self._wait_for_room():
+                self._stalled = True
+                return self._time_out("stalled", "client read nothing")
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    frame = await self.ws.recv()
+            except TimeoutError:
+                return self._time_out("idle", "no audio or keepalive")
+            if isinstance(frame, bytes):
+                t0 = time.perf_counter()
+                out = session.handle(Audio(frame))
+                self.feed_seconds += time.perf_counter() - t0
+                self.route(out)
+                continue
+            try:
+                command = v1.decode_command(frame)
+            except v1.BadMessage as exc:
+                self.route(Output(events=[Problem(ProblemCode.BAD_MESSAGE, str(exc))]))
+                continue
+            self.route(session.handle(command))
+
+    async def _write(self) -> None:
+        while True:
+            message, text = await self.outbox.get()
+            self.sink.update_room()
+            await self.ws.send(text)
+            if isinstance(message, Ended):
+                await self.ws.close(1000)
+                return
