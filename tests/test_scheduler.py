@@ -160,3 +160,43 @@ def test_scheduler_raises_full_when_final_bound_reached() -> None:
     assert draft in s.next_batch(8)  # the refused final did not discard z's draft
     s.submit(job("a", 3, FINAL))  # room again once finals were taken
     assert s.pending_finals == 1
+
+
+def steps_job(session: str, segment: int, steps: int, kind: JobKind = FINAL) -> Job:
+    return Job(session, segment, kind, TranscribeRequest(np.zeros(16, np.float32), steps, seed=segment))
+
+
+def test_scheduler_share_does_not_grow_with_the_steps_a_session_asks_for() -> None:
+    """F5: a session asking for 64-step finals queued first; four 8-step sessions still get all their
+    finals before its second one, and no 64-step job ever joins a batch led by an 8-step job."""
+    s = Scheduler()
+    for n in range(4):
+        s.submit(steps_job("hog", n, 64))
+    for n in range(4):
+        for name in "abcd":
+            s.submit(steps_job(name, n, 8))
+    batches = drain(s, 4)
+    assert sum(len(b) for b in batches) == 20
+    for batch in batches:
+        assert max(j.request.steps for j in batch) == batch[0].request.steps  # the first job's steps cap it
+    where = {(j.session, j.segment): i for i, b in enumerate(batches) for j in b}
+    assert all(where[(name, n)] < where[("hog", 1)] for name in "abcd" for n in range(4))
+    for name in "abcd":  # each session's finals in its own order
+        assert [where[(name, n)] for n in range(4)] == sorted(where[(name, n)] for n in range(4))
+    assert s.charged("hog") == 4 * 64 and s.charged("a") == 4 * 8
+
+
+def test_scheduler_rejoins_a_quiet_session_at_the_lowest_waiting_charge() -> None:
+    """A session idle while others worked is not owed a burst: it rejoins at the least charge waiting."""
+    s = Scheduler()
+    for n in range(6):
+        s.submit(steps_job("busy", n, 8))
+        s.submit(steps_job("other", n, 8))
+    drain(s, 2)
+    assert s.charged("busy") == 48
+    s.submit(steps_job("busy", 6, 8))
+    s.submit(steps_job("quiet", 0, 8))
+    assert s.charged("quiet") == 48
+    s.submit(steps_job("quiet", 1, 8))
+    order = [(j.session, j.segment) for b in drain(s, 1) for j in b]
+    assert order == [("busy", 6), ("quiet", 0), ("quiet", 1)]

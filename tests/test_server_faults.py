@@ -7,6 +7,7 @@ real websocket clients and raw sockets on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import socket
@@ -17,7 +18,7 @@ import urllib.request
 import numpy as np
 from audio_fixtures import speech_with_pauses
 from websockets.asyncio.client import connect
-from wsclient import encode, running_server
+from wsclient import encode, running_server, stream
 
 from server.wire.v1 import parse_server_message
 
@@ -222,3 +223,86 @@ def _status(url: str) -> int:
         return urllib.request.urlopen(url, timeout=5).status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_idle_sockets_past_the_pending_handshake_bound_are_closed_and_a_real_session_still_works(tiny_engine):
+    """F6: 40 TCP connections that never send a request; past 8 pending they are closed at accept,
+    the rest time out after the handshake timeout, and a real client is served meanwhile."""
+
+    async def scenario():
+        async with running_server(tiny_engine, max_pending_handshakes=8, max_connections_per_address=64,
+                                  handshake_timeout=1.5) as srv:
+            idle = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(40)]
+            await asyncio.sleep(0.2)
+            held, refused = srv.admission.pending, srv.admission.refused_at_accept
+            closed = 0
+            for reader, _ in idle:  # refused ones read EOF at once, the rest after the timeout
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    if await asyncio.wait_for(reader.read(1), 3) == b"":
+                        closed += 1
+            after = srv.admission.pending
+            log = await stream(f"ws://127.0.0.1:{srv.port}", speech_with_pauses([0.3, "Hello there.", 0.8])[0])
+            for _, writer in idle:
+                writer.close()
+            return held, refused, closed, after, log
+
+    held, refused, closed, after, log = _run(scenario())
+    assert (held, refused) == (8, 32)
+    assert closed == 40 and after == 0
+    assert log.types[0] == "ready" and log.types[-1] == "closed" and len(log.of("final")) == 1
+
+
+def test_connections_past_the_per_address_bound_are_closed_at_accept(tiny_engine):
+    """F6: with 2 connections per address, a third websocket from 127.0.0.1 fails its handshake; after one
+    closes, a new one is served."""
+    from websockets.exceptions import InvalidHandshake
+
+    async def scenario():
+        async with running_server(tiny_engine, max_connections_per_address=2) as srv:
+            url = f"ws://127.0.0.1:{srv.port}/v1/listen"
+            first, second = await connect(url), await connect(url)
+            readies = [parse_server_message(await ws.recv()).type for ws in (first, second)]
+            try:
+                async with connect(url, open_timeout=5):
+                    third = "served"
+            except (InvalidHandshake, ConnectionError, EOFError) as exc:
+                third = type(exc).__name__
+            per_address = srv.admission.connections_from("127.0.0.1")
+            await first.close()
+            await asyncio.sleep(0.2)
+            async with connect(url) as fourth:
+                readies.append(parse_server_message(await fourth.recv()).type)
+            await second.close()
+            return readies, third, per_address, srv.admission.refused_at_accept
+
+    readies, third, per_address, refused = _run(scenario())
+    assert readies == ["ready"] * 3
+    assert third != "served" and per_address == 2 and refused == 1
+
+
+def test_shutdown_is_not_held_by_a_client_that_does_not_read(tiny_engine):
+    """F10: shutdown with a client that reads nothing (and a backlog for it) ends within seconds,
+    not the drain timeout; a reading client in the same shutdown still gets its final and closed."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        async with running_server(tiny_engine, idle_timeout=30.0) as srv:
+            url = f"ws://127.0.0.1:{srv.port}/v1/listen"
+            slow = await connect(url, max_queue=1)
+            for i in range(3000):  # bad messages: a backlog of errors queued for a client not reading
+                await slow.send(json.dumps({"type": "y" * 100, "i": i}))
+            good = await connect(url)
+            audio = speech_with_pauses([0.3, "Hello there.", 0.4])[0]
+            await good.send(encode(audio))
+            await asyncio.sleep(0.5)
+            t0 = loop.time()
+            stopping = asyncio.create_task(srv.shutdown(timeout=60))
+            got = [parse_server_message(m).type async for m in good]
+            await stopping
+            took = loop.time() - t0
+            slow.transport.abort()
+            return got, took
+
+    got, took = _run(scenario())
+    assert got[0] == "ready" and got[-1] == "closed" and got.count("final") == 1
+    assert took < 6  # was 10.7 s: the closing handshake waited websockets' default 10 s for a close frame

@@ -9,9 +9,20 @@ freshest partial, not a backlog), and a session's pending draft is discarded as 
 that session submits a final for the same segment (the partial could no longer be sent).
 
 :meth:`Scheduler.next_batch` fills a batch of at most ``max_batch`` jobs: finals first,
-oldest first, then drafts, oldest first. If the engine fails a batch, the loop calls
-:meth:`retry` with the finals of that batch; they go back to the front of the queue
-marked for a batch of their own, so one poisoned request cannot keep failing others.
+then drafts. Within each kind it is **fair across sessions by device cost**, not by
+arrival: every job taken charges its session its step count, and the next batch starts
+from the session charged least (ties: oldest job). That first job's step count is the
+batch's ceiling: others join only if they need no more steps, because a batch returns
+when its longest row is done, and one client asking for 64-step finals would otherwise
+hold every 8-step final batched with it (a 2-step draft joining a 16-step batch loses
+nothing: it would otherwise wait for that batch anyway). So a session's
+share of the device does not grow with the steps it asks for, and a session that was
+quiet is not owed a burst (it rejoins at the lowest charge of the sessions waiting).
+A session's own finals keep their order.
+
+If the engine fails a batch, the loop calls :meth:`retry` with the finals of that batch;
+they go back to the front of the queue marked for a batch of their own, so one poisoned
+request cannot keep failing others.
 
 No clocks, no asyncio, no model: the tests drive it with hand-made jobs.
 """
@@ -63,24 +74,33 @@ class Scheduler:
     """
 
     def __init__(self, max_finals: int = 4096) -> None:
-        self._finals: deque[Job] = deque()
+        self._finals: OrderedDict[Hashable, deque[Job]] = OrderedDict()  # per session, in its order
+        self._retries: deque[Job] = deque()  # finals of a failed batch, each to run alone
         self._drafts: OrderedDict[Hashable, Job] = OrderedDict()
+        self._charged: dict[Hashable, int] = {}  # steps of device work taken per session
+        self._final_count = 0
         self.max_finals = max_finals
         self.dropped_drafts = 0
 
     def __len__(self) -> int:
-        return len(self._finals) + len(self._drafts)
+        return self._final_count + len(self._drafts)
 
     @property
     def pending_finals(self) -> int:
-        return len(self._finals)
+        return self._final_count
+
+    def charged(self, session: Hashable) -> int:
+        """Steps of device work this session has been given so far."""
+        return self._charged.get(session, 0)
 
     def submit(self, job: Job) -> Job | None:
         """Queue ``job``; returns the draft it replaced or discarded, if any."""
+        self._join(job.session)
         if job.kind is JobKind.FINAL:
-            if len(self._finals) >= self.max_finals:
-                raise SchedulerFull(f"{len(self._finals)} finals waiting (bound {self.max_finals})")
-            self._finals.append(job)
+            if self._final_count >= self.max_finals:
+                raise SchedulerFull(f"{self._final_count} finals waiting (bound {self.max_finals})")
+            self._finals.setdefault(job.session, deque()).append(job)
+            self._final_count += 1
             stale = self._drafts.get(job.session)
             if stale is not None and stale.segment <= job.segment:
                 del self._drafts[job.session]
@@ -90,35 +110,91 @@ class Scheduler:
         replaced = self._drafts.pop(job.session, None)
         if replaced is not None:
             self.dropped_drafts += 1
-        self._drafts[job.session] = job  # re-inserted at the end: oldest-first stays fair
+        self._drafts[job.session] = job
         return replaced
 
     def next_batch(self, max_batch: int) -> list[Job]:
-        """Take up to ``max_batch`` jobs: finals first (FIFO), then drafts (oldest first)."""
+        """Up to ``max_batch`` jobs: finals, then drafts, least-charged sessions first, none above the first's steps."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        if self._finals and self._finals[0].alone:
-            return [self._finals.popleft()]
-        batch: list[Job] = []
-        while self._finals and len(batch) < max_batch and not self._finals[0].alone:
-            batch.append(self._finals.popleft())
-        while self._drafts and len(batch) < max_batch:
-            _, job = self._drafts.popitem(last=False)
-            batch.append(job)
-        return batch
+        if self._retries:
+            job = self._retries.popleft()
+            self._final_count -= 1
+            self._charge(job)
+            return [job]
+        if self._finals:
+            heads = {session: queue[0] for session, queue in self._finals.items()}
+        elif self._drafts:
+            heads = dict(self._drafts)
+        else:
+            return []
+        ceiling = heads[self._order(heads)[0]].request.steps
+        batch = self._take_finals(max_batch, ceiling)
+        return batch + self._take_drafts(max_batch - len(batch), ceiling)
 
     def retry(self, finals: Iterable[Job]) -> None:
         """Put finals of a failed batch back at the front, each to run alone next time."""
         for job in reversed(list(finals)):
             job.alone = True
-            self._finals.appendleft(job)
+            self._retries.appendleft(job)
+            self._final_count += 1
 
     def remove_session(self, session: Hashable) -> list[Job]:
-        """Forget every waiting job of ``session`` (it disconnected); returns them."""
-        removed = [j for j in self._finals if j.session == session]
+        """Forget every waiting job of ``session`` (it disconnected) and its charge; returns the jobs."""
+        removed = [j for j in self._retries if j.session == session]
         if removed:
-            self._finals = deque(j for j in self._finals if j.session != session)
+            self._retries = deque(j for j in self._retries if j.session != session)
+        removed += self._finals.pop(session, deque())
+        self._final_count -= len(removed)
         draft = self._drafts.pop(session, None)
         if draft is not None:
             removed.append(draft)
+        self._charged.pop(session, None)
         return removed
+
+    # ---- fairness ----------------------------------------------------------
+
+    def _waiting(self) -> set[Hashable]:
+        return set(self._finals) | set(self._drafts)
+
+    def _join(self, session: Hashable) -> None:
+        """A session with nothing queued rejoins at the lowest charge among those waiting."""
+        if session in self._finals or session in self._drafts:
+            return
+        waiting = [self._charged.get(s, 0) for s in self._waiting()]
+        if waiting:
+            self._charged[session] = max(self._charged.get(session, 0), min(waiting))
+
+    def _charge(self, job: Job) -> None:
+        self._charged[job.session] = self._charged.get(job.session, 0) + job.request.steps
+
+    def _order(self, heads: dict[Hashable, Job]) -> list[Hashable]:
+        return sorted(heads, key=lambda s: (self._charged.get(s, 0), heads[s].id))
+
+    def _take_finals(self, max_batch: int, ceiling: int) -> list[Job]:
+        batch: list[Job] = []
+        while len(batch) < max_batch:
+            ready = [s for s, q in self._finals.items() if q[0].request.steps <= ceiling]
+            if not ready:
+                break
+            session = min(ready, key=lambda s: (self._charged.get(s, 0), self._finals[s][0].id))
+            queue = self._finals[session]
+            job = queue.popleft()
+            if not queue:
+                del self._finals[session]
+            self._final_count -= 1
+            self._charge(job)
+            batch.append(job)
+        return batch
+
+    def _take_drafts(self, max_batch: int, ceiling: int) -> list[Job]:
+        batch: list[Job] = []
+        # Stable sort: equal charges keep queue order (a replaced draft went to the back).
+        for session in sorted(self._drafts, key=lambda s: self._charged.get(s, 0)):
+            if len(batch) == max_batch:
+                break
+            if self._drafts[session].request.steps <= ceiling:
+                job = self._drafts.pop(session)
+                self._charge(job)
+                batch.append(job)
+        return batch

@@ -30,6 +30,11 @@ __all__ = ["Connection", "encode_v1"]
 
 log = logging.getLogger("dgasr.server")
 
+# During shutdown, a client that takes nothing from its socket for this long is given up
+# on (its finals cannot be delivered anyway), so one non-reading client cannot hold a
+# server's stop for the whole drain.
+SHUTDOWN_STALL_SECONDS = 2.0
+
 
 def encode_v1(event: Event) -> str:
     return v1.encode_event(event).to_json()
@@ -59,12 +64,16 @@ class Connection:
         self.feed_seconds = 0.0  # CPU spent decoding, resampling and segmenting this client's audio
         self._reader: asyncio.Task | None = None
         self._stalled = False  # the client stopped reading: its drain is bounded by the idle timeout
+        self._shutting_down = False
+        self._sending = False  # the writer is blocked in a send
+        self._sent = 0  # frames sent: progress, for the drain's stall check
 
     def route(self, out: Output) -> None:
         self.sink.route(out)
 
     def shutdown(self) -> None:
         """Server is stopping: finalize everything open, let the writer send it, then close."""
+        self._shutting_down = True
         self.route(self.session.handle(EndStream("shutdown")))
         if self._reader is not None:
             self._reader.cancel()
@@ -88,7 +97,8 @@ class Connection:
                 if not self._reader.cancelled():  # cancelled = shutdown(), which already ended the session
                     self._reader.result()
                 drain = self.idle_timeout if self._stalled else self.drain_timeout
-                await asyncio.wait_for(asyncio.shield(writer), drain)
+                stall = SHUTDOWN_STALL_SECONDS if self._shutting_down else self.idle_timeout
+                await self._drain(writer, drain, stall)
             else:
                 writer.result()
         except (ConnectionClosed, TimeoutError) as exc:
@@ -100,6 +110,25 @@ class Connection:
             if self.session.state is not SessionState.CLOSED:
                 self.session.abort()
             self.loop.forget_session(self.session.id)
+
+    async def _drain(self, writer: asyncio.Task, limit: float, stall: float) -> None:
+        """Wait for the writer to send everything; TimeoutError after ``limit`` s, or after ``stall``
+        s in which it had something to send and sent nothing (the client is not reading).
+
+        Finals still being computed are not a stall (nothing waits to be sent), so a busy
+        device never cuts a drain short; a client that stops reading during shutdown
+        holds the server for ``stall`` seconds, not for the whole drain.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while not writer.done():
+            sent = self._sent
+            await asyncio.wait({writer}, timeout=max(0.0, min(stall, deadline - loop.time())))
+            if writer.done():
+                break
+            if loop.time() >= deadline or (self._sent == sent and (self._sending or len(self.outbox))):
+                raise TimeoutError
+        writer.result()
 
     async def _wait_for_room(self) -> bool:
         """Wait until the session may take more audio; False if the client stopped reading.
@@ -150,7 +179,10 @@ class Connection:
         while True:
             message, text = await self.outbox.get()
             self.sink.update_room()
+            self._sending = True
             await self.ws.send(text)
+            self._sending = False
+            self._sent += 1
             if isinstance(message, Ended):
                 await self.ws.close(1000)
                 return

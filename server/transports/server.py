@@ -51,6 +51,8 @@ __all__ = ["DgasrServer"]
 
 log = logging.getLogger("dgasr.server")
 
+CLOSE_TIMEOUT_SECONDS = 2.0
+
 
 def _json_response(connection: ServerConnection, status: int, body: dict, retry_after: int | None = None) -> Response:
     response = connection.respond(status, json.dumps(body) + "\n")
@@ -104,6 +106,9 @@ class DgasrServer:
             process_request=self._process_request,
             create_connection=_admitted_connection(self.admission),
             open_timeout=self.config.handshake_timeout,
+            # The closing handshake waits this long for the client's close frame; a client
+            # that does not read would otherwise hold every close (and shutdown) 10 s.
+            close_timeout=CLOSE_TIMEOUT_SECONDS,
             max_size=self.config.max_frame_bytes,
             max_queue=32,
         )
