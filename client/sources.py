@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from server.core.audio import soundfile_args
+from server.core.audio import StreamResampler, soundfile_args
 from server.core.pcm import float_to_s16
 from server.wire.v1 import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 
@@ -101,16 +101,14 @@ class _Resampler:
 
     def __init__(self, native: int) -> None:
         self.rate = _wire_rate(native)
-        self._stream = None
-        if self.rate != native:
-            import soxr  # only needed for unusual rates
-
-            self._stream = soxr.ResampleStream(native, self.rate, 1, dtype="float32")
+        self._stream = StreamResampler(native, self.rate)
 
     def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._stream is None:
-            return samples
-        return self._stream.resample_chunk(samples, last=last)
+        out = self._stream.process(samples)
+        if last:
+            tail = self._stream.flush()
+            out = np.concatenate([out, tail]) if len(tail) else out
+        return out
 
 
 class Pacer:

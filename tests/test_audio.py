@@ -11,6 +11,7 @@ from server.core.audio import (
     PcmDecoder,
     StreamResampler,
     find_split_point,
+    resample,
     split_long_audio,
 )
 from server.wire.v1 import Encoding
@@ -139,10 +140,20 @@ def test_stream_resampler_passes_through_when_rate_is_16k() -> None:
     assert len(resampler.flush()) == 0
 
 
-def test_stream_resampler_raises_when_rate_out_of_range() -> None:
-    """Rates outside 8..48 kHz are refused."""
-    with pytest.raises(ValueError, match="in_rate"):
-        StreamResampler(96000)
+def test_stream_resampler_raises_when_rate_is_not_positive() -> None:
+    """A zero or negative rate is refused (the wire protocols check their own 8..48 kHz range)."""
+    with pytest.raises(ValueError, match="in_rate 0"):
+        StreamResampler(0)
+
+
+def test_whole_file_resample_equals_the_stream_in_any_chunking() -> None:
+    """resample() (files) and StreamResampler (sessions, the client) are one filter: same samples."""
+    tone = _tone(440.0, 44100, 1.3)
+    stream = StreamResampler(44100)
+    chunked = np.concatenate([stream.process(tone[i : i + 1234]) for i in range(0, len(tone), 1234)] + [stream.flush()])
+    whole = resample(tone, 44100)
+    assert len(whole) == len(chunked) and abs(len(whole) - round(1.3 * SAMPLE_RATE)) <= 2
+    np.testing.assert_allclose(whole, chunked, atol=1e-6)
 
 
 def test_find_split_point_returns_middle_of_gap_when_gap_is_silent() -> None:

@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 import soundfile as sf
-import soxr
 
-from server.core.audio import soundfile_args, split_long_audio
+from server.core.audio import resample, soundfile_args, split_long_audio
 from server.core.pcm import LANGUAGES
 
 __all__ = ["main", "read_audio"]
@@ -41,7 +40,7 @@ def read_audio(path: str, sample_rate: int = 16000, raw_rate: int = 16000) -> np
         raise ValueError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
     mono = data.mean(axis=1)
     if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
+        mono = resample(mono, rate, sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 

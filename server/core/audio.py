@@ -20,8 +20,6 @@ import numpy as np
 import soxr
 
 from server.core.pcm import (
-    MAX_SAMPLE_RATE,
-    MIN_SAMPLE_RATE,
     SAMPLE_RATE,
     Encoding,
     s16_to_float,
@@ -34,6 +32,7 @@ __all__ = [
     "PcmDecoder",
     "StreamResampler",
     "find_split_point",
+    "resample",
     "soundfile_args",
     "split_long_audio",
 ]
@@ -108,18 +107,21 @@ class StreamResampler:
     size gives the same output as resampling it whole (up to the last ``flush``).
     At 16 kHz input it passes samples through untouched.
 
+    The one resampler of the project: sessions (client rate -> 16 kHz), the client (a
+    device's native rate -> a rate the wire takes) and files (:func:`resample`) use it.
+
     Args:
-        in_rate: the client's sample rate, ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``.
+        in_rate: the input rate in Hz (the wire protocols check their own ranges).
         out_rate: the rate to produce.
         quality: libsoxr quality recipe (``"HQ"`` is a steep linear-phase filter).
 
     Raises:
-        ValueError: ``in_rate`` out of range.
+        ValueError: a rate that is not positive.
     """
 
     def __init__(self, in_rate: int, out_rate: int = TARGET_RATE, quality: str = "HQ") -> None:
-        if not MIN_SAMPLE_RATE <= in_rate <= MAX_SAMPLE_RATE:
-            raise ValueError(f"in_rate must be {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {in_rate}")
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got in_rate {in_rate}, out_rate {out_rate}")
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream = None
@@ -148,6 +150,14 @@ class StreamResampler:
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
         return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+def resample(audio: np.ndarray, in_rate: int, out_rate: int = TARGET_RATE) -> np.ndarray:
+    """A whole signal from ``in_rate`` to ``out_rate`` (the same filter as the streaming path)."""
+    stream = StreamResampler(in_rate, out_rate)
+    out = stream.process(audio)
+    tail = stream.flush()
+    return np.concatenate([out, tail]) if len(tail) else out
 
 
 def _smoothed_energy(x: np.ndarray, frame: int, smooth_frames: int) -> np.ndarray:
