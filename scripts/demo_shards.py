@@ -34,8 +34,9 @@ SHARD = 1000  # utterances per shard
 _SEED_STRIDE = 10_000_000
 
 
-def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD) -> None:
-    """Synthesize shards ``first`` .. ``first+count-1`` of training utterances as encoder frames."""
+def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD,
+                split: demo_data.Split = demo_data.TRAIN) -> None:
+    """Synthesize shards ``first`` .. ``first+count-1`` of training utterances (of ``split``) as encoder frames."""
     from server.engine.loader import load_whisper_encoder
 
     spec = demo_spec()
@@ -45,7 +46,7 @@ def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int 
     for shard in range(first, first + count):
         if (out / f"{shard:04d}.npy").exists():
             continue
-        utts = [demo_data.sample_utterance(seed * _SEED_STRIDE + shard * size + i, demo_data.LANGS[i % 6])
+        utts = [demo_data.sample_utterance(seed * _SEED_STRIDE + shard * size + i, demo_data.LANGS[i % 6], split)
                 for i in range(size)]
         by_bucket: dict[int, list[int]] = {}
         for i, u in enumerate(utts):

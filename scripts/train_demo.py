@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
     parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
                         help="only synthesize frame shards FIRST..FIRST+COUNT-1 into --data, then exit")
+    parser.add_argument("--wide", action="store_true",
+                        help=f"with --make-shards: draw words from the {demo_data.WIDE_WORDS:,} most frequent, not 3,000")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
     parser.add_argument("--draft-steps", type=int, default=1, help="with --export: the spec's draft steps")
     parser.add_argument("--final-steps", type=int, default=2, help="with --export: the spec's final steps")
@@ -165,7 +167,8 @@ def main() -> None:
         export(args.export, args.out, args.draft_steps, args.final_steps)
         return
     if args.make_shards:
-        make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed)
+        make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed,
+                    split=demo_data.TRAIN_WIDE if args.wide else demo_data.TRAIN)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)

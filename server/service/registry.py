@@ -30,7 +30,7 @@ from server.service.outbox import Outbox
 
 __all__ = ["SessionRegistry", "SessionSink"]
 
-Encoder = Callable[[Event], str | bytes | None]  # an event as the protocol's frame, or None: not sent
+Encoder = Callable[[Event], list[str | bytes]]  # an event as the protocol's frames (none: not sent)
 
 
 class SessionSink:
@@ -54,9 +54,9 @@ class SessionSink:
 
     def route(self, out: Output) -> None:
         for event in out.events:
-            frame = self.encode(event)
-            if frame is not None:
-                self.outbox.put(event, frame)
+            frames = self.encode(event)
+            for i, frame in enumerate(frames):  # the event rides on its last frame (Ended: close after it)
+                self.outbox.put(event if i == len(frames) - 1 else None, frame)
             if isinstance(event, Final):
                 self.finals += 1
             elif isinstance(event, Draft):

@@ -7,7 +7,7 @@ thread), one :class:`~server.service.loop.EngineLoop` batching work from every s
 one :class:`~server.service.registry.SessionRegistry` (its update step is the loop's
 ``deliver``), and one transport connection per client. Websocket endpoints are routes
 (``websockets.asyncio.router.route`` over a werkzeug ``Map``): ``/v1/listen`` is the
-native v1 protocol (:mod:`server.transports.native`); a new protocol is one more rule.
+native v1 protocol (:class:`~server.wire.v1.V1Codec` over :class:`~server.transports.stream.StreamConnection`); a new protocol is a codec and one more rule.
 The ``process_request`` hook answers ``/healthz``, ``/readyz`` and ``/v1/models`` and
 validates ``/v1/listen`` query parameters before the upgrade (HTTP 400 with a JSON body
 naming the bad parameter; HTTP 503 with ``Retry-After`` when full or not ready).
@@ -44,8 +44,8 @@ from server.service.admission import Admission, Limits
 from server.service.config import ServerConfig
 from server.service.loop import EngineLoop
 from server.service.registry import SessionRegistry
-from server.transports.native import Connection
-from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError
+from server.transports.stream import StreamConnection
+from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError, V1Codec
 
 __all__ = ["DgasrServer"]
 
@@ -74,7 +74,7 @@ class DgasrServer:
         self.registry = SessionRegistry()
         self.admission = Admission(Limits(config.max_sessions, config.max_connections_per_address,
                                           config.max_pending_handshakes))
-        self.connections: dict[str, Connection] = {}  # the transport's side of each registered session
+        self.connections: dict[str, StreamConnection] = {}  # the transport's side of each registered session
         self.port = config.port
         # (feed CPU seconds, audio seconds) of recent sessions, for benchmarks
         self.feed_stats: deque[tuple[float, float]] = deque(maxlen=1024)
@@ -231,7 +231,7 @@ class DgasrServer:
         params = ListenParams.from_query(dict(parse_qsl(ws.request.path.partition("?")[2], keep_blank_values=True)))
         session = Session(uuid.uuid4().hex[:12], params.stream(), self._session_config(params))
         assert self.loop is not None
-        conn = Connection(ws, session, self.loop, idle_timeout=self.config.idle_timeout)
+        conn = StreamConnection(ws, session, self.loop, V1Codec(), idle_timeout=self.config.idle_timeout)
         self.connections[session.id] = conn
         self.registry.add(conn.sink)
         log.info("session %s open: peer=%s rate=%d encoding=%s language=%s", session.id, ws.peer_ip,

@@ -27,6 +27,7 @@ from server.core import pcm
 from server.core.events import ProblemCode
 from server.core.pcm import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 from server.core.session import Session, StreamFormat
+from server.wire import BadFrame
 
 __all__ = [
     "CLOSE_REASONS",
@@ -57,6 +58,7 @@ __all__ = [
     "parse_client_message",
     "parse_server_message",
     "ready_message",
+    "V1Codec",
 ]
 
 PROTOCOL_VERSION = 1
@@ -83,7 +85,7 @@ class ParamError(ValueError):
         return {"error": "bad_request", "field": self.field, "message": self.message}
 
 
-class BadMessage(ValueError):
+class BadMessage(BadFrame):
     """A client text frame could not be understood."""
 
 
@@ -264,55 +266,37 @@ class Ready(_Message):
     type: ClassVar[str] = "ready"
 
 
+# The other server messages are the session's events with v1's ``type`` tags: the fields
+# are defined once, in server.core.events, and a v1 message *is* the event it encodes.
+
+
 @dataclass(frozen=True)
-class SpeechStarted(_Message):
-    segment: int
-    start: float
+class SpeechStarted(_Message, ev.SpeechStarted):
     type: ClassVar[str] = "speech_started"
 
 
 @dataclass(frozen=True)
-class Partial(_Message):
-    segment: int
-    text: str
-    start: float
-    end: float
-    steps: int
+class Partial(_Message, ev.Draft):
     type: ClassVar[str] = "partial"
 
 
 @dataclass(frozen=True)
-class SpeechStopped(_Message):
-    segment: int
-    end: float
+class SpeechStopped(_Message, ev.SpeechStopped):
     type: ClassVar[str] = "speech_stopped"
 
 
 @dataclass(frozen=True)
-class Final(_Message):
-    segment: int
-    text: str
-    start: float
-    end: float
-    steps: int
-    language: str | None
-    latency_ms: float
+class Final(_Message, ev.Final):
     type: ClassVar[str] = "final"
 
 
 @dataclass(frozen=True)
-class Error(_Message):
-    code: str
-    message: str
-    fatal: bool = False
+class Error(_Message, ev.Problem):
     type: ClassVar[str] = "error"
 
 
 @dataclass(frozen=True)
-class Closed(_Message):
-    reason: str
-    segments: int
-    audio_seconds: float
+class Closed(_Message, ev.Ended):
     type: ClassVar[str] = "closed"
 
 
@@ -348,22 +332,16 @@ def decode_command(text: str) -> ev.Command:
     return _COMMANDS[type(parse_client_message(text))]
 
 
+_MESSAGES: dict[type, type] = {ev.SpeechStarted: SpeechStarted, ev.Draft: Partial, ev.SpeechStopped: SpeechStopped,
+                               ev.Final: Final, ev.Problem: Error, ev.Ended: Closed}
+
+
 def encode_event(event: ev.Event) -> ServerMessage:
-    """A session event as its v1 message."""
-    match event:
-        case ev.SpeechStarted(segment, start):
-            return SpeechStarted(segment, start)
-        case ev.Draft(segment, text, start, end, steps):
-            return Partial(segment, text, start, end, steps)
-        case ev.SpeechStopped(segment, end):
-            return SpeechStopped(segment, end)
-        case ev.Final(segment, text, start, end, steps, language, latency_ms):
-            return Final(segment, text, start, end, steps, language, latency_ms)
-        case ev.Problem(code, message, fatal):
-            return Error(code.value, message, fatal)
-        case ev.Ended(reason, segments, audio_seconds):
-            return Closed(reason, segments, audio_seconds)
-    raise TypeError(f"not a session event: {event!r}")
+    """A session event as its v1 message (the same fields, with v1's ``type`` tag)."""
+    cls = _MESSAGES.get(type(event))
+    if cls is None:
+        raise TypeError(f"not a session event: {event!r}")
+    return cls(*(getattr(event, f.name) for f in dataclasses.fields(event)))
 
 
 def ready_message(session: Session) -> Ready:
@@ -374,3 +352,16 @@ def ready_message(session: Session) -> Ready:
         language=stream.language, draft_steps=config.draft_steps, final_steps=config.final_steps,
         interim_results=stream.interim_results,
     )
+
+
+class V1Codec:
+    """v1 as a streaming session's codec (:class:`~server.transports.stream.Codec`)."""
+
+    def opening(self, session: Session) -> list[str | bytes]:
+        return [ready_message(session).to_json()]
+
+    def decode(self, text: str) -> ev.Command:
+        return decode_command(text)
+
+    def encode(self, event: ev.Event) -> list[str | bytes]:
+        return [encode_event(event).to_json()]

@@ -1,14 +1,16 @@
-"""The native v1 websocket transport: frames to session commands, session events to frames.
+"""A streaming websocket session, for any protocol: frames to session commands, events to frames.
 
 How this works
 --------------
-One :class:`Connection` per client. A reader coroutine pulls frames from the socket and
-decodes them with the v1 codec (:mod:`server.wire.v1`): binary frames are ``Audio``
-commands, text frames ``Finalize`` / ``EndStream`` / ``KeepAlive`` (or a ``bad_message``
-problem). A writer task drains the session's outbox (:class:`~server.service.registry.SessionSink`)
-into the socket. Everything between, the session, the engine loop and backpressure,
-lives in the layers below; this module only does socket I/O and the two timeouts a
-socket needs (idle reader, stalled writer).
+One :class:`StreamConnection` per client; the protocol is its :class:`Codec` (v1's in
+:mod:`server.wire.v1`, Deepgram's in :mod:`server.wire.deepgram`). A reader coroutine
+pulls frames from the socket: binary frames are ``Audio`` commands, text frames go
+through the codec (a frame it cannot read is a ``bad_message`` problem, and the session
+goes on). A writer task drains the session's outbox (:class:`~server.service.registry.SessionSink`,
+which encodes each event once through the codec) into the socket, and closes it with
+1000 after the frames of ``Ended``. Everything between, the session, the engine loop
+and backpressure, lives in the layers below; this module only does socket I/O and the
+timeouts a socket needs (idle reader, stalled writer, bounded drain).
 """
 
 from __future__ import annotations
@@ -16,17 +18,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from server.core.events import Audio, Ended, EndStream, Event, Problem, ProblemCode
+from server.core.events import (
+    Audio,
+    Command,
+    Ended,
+    EndStream,
+    Event,
+    Problem,
+    ProblemCode,
+)
 from server.core.session import Output, Session, SessionState
 from server.service.loop import EngineLoop
 from server.service.registry import SessionSink
-from server.wire import v1
+from server.wire import BadFrame
 
-__all__ = ["Connection", "encode_v1"]
+__all__ = ["Codec", "StreamConnection"]
 
 log = logging.getLogger("dgasr.server")
 
@@ -36,16 +47,26 @@ log = logging.getLogger("dgasr.server")
 SHUTDOWN_STALL_SECONDS = 2.0
 
 
-def encode_v1(event: Event) -> str:
-    return v1.encode_event(event).to_json()
+class Codec(Protocol):
+    """One protocol's frames, as a streaming session sees them."""
+
+    def opening(self, session: Session) -> list[str | bytes]:
+        """Frames to send as soon as the session exists (v1's ``ready``)."""
+
+    def decode(self, text: str) -> Command:
+        """A client text frame as a command; raises :class:`~server.wire.BadFrame`."""
+
+    def encode(self, event: Event) -> list[str | bytes]:
+        """The frames for one session event (none: the protocol has no message for it)."""
 
 
-class Connection:
+class StreamConnection:
     def __init__(
         self,
         ws: ServerConnection,
         session: Session,
         loop: EngineLoop,
+        codec: Codec,
         *,
         idle_timeout: float,
         max_pending_finals: int = 4,
@@ -55,7 +76,8 @@ class Connection:
         self.ws = ws
         self.session = session
         self.loop = loop
-        self.sink = SessionSink(session, loop, encode_v1, max_pending_finals=max_pending_finals,
+        self.codec = codec
+        self.sink = SessionSink(session, loop, codec.encode, max_pending_finals=max_pending_finals,
                                 outbox_limit=outbox_limit)
         self.outbox = self.sink.outbox
         self.idle_timeout = idle_timeout
@@ -90,8 +112,8 @@ class Connection:
         writer = asyncio.create_task(self._write(), name=f"writer-{self.session.id}")
         self._reader = asyncio.create_task(self._read(), name=f"reader-{self.session.id}")
         try:
-            ready = v1.ready_message(self.session)
-            self.sink.send(ready, ready.to_json())
+            for frame in self.codec.opening(self.session):
+                self.sink.send(None, frame)
             done, _ = await asyncio.wait({self._reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if self._reader in done:
                 if not self._reader.cancelled():  # cancelled = shutdown(), which already ended the session
@@ -169,8 +191,8 @@ class Connection:
                 self.route(out)
                 continue
             try:
-                command = v1.decode_command(frame)
-            except v1.BadMessage as exc:
+                command = self.codec.decode(frame)
+            except BadFrame as exc:
                 self.route(Output(events=[Problem(ProblemCode.BAD_MESSAGE, str(exc))]))
                 continue
             self.route(session.handle(command))
