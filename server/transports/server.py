@@ -37,14 +37,15 @@ from websockets.http11 import Request, Response
 from werkzeug.routing import Map, Rule
 
 from server.core.scheduler import Scheduler
-from server.core.session import Session, SessionConfig
+from server.core.session import Session, SessionConfig, StreamFormat
 from server.core.vad import VadConfig
 from server.engine import Engine
 from server.service.admission import Admission, Limits
 from server.service.config import ServerConfig
 from server.service.loop import EngineLoop
 from server.service.registry import SessionRegistry
-from server.transports.stream import StreamConnection
+from server.transports.stream import Codec, StreamConnection
+from server.wire import deepgram
 from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError, V1Codec
 
 __all__ = ["DgasrServer"]
@@ -75,6 +76,8 @@ class DgasrServer:
         self.admission = Admission(Limits(config.max_sessions, config.max_connections_per_address,
                                           config.max_pending_handshakes))
         self.connections: dict[str, StreamConnection] = {}  # the transport's side of each registered session
+        # The websocket routes' parameter parsers, run before the upgrade (a bad value: HTTP 400).
+        self._params = {LISTEN_PATH: ListenParams.from_query, deepgram.PATH: deepgram.DeepgramParams.from_query}
         self.port = config.port
         # (feed CPU seconds, audio seconds) of recent sessions, for benchmarks
         self.feed_stats: deque[tuple[float, float]] = deque(maxlen=1024)
@@ -98,7 +101,7 @@ class DgasrServer:
         log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
 
     async def _serve(self) -> Server:
-        routes = Map([Rule(LISTEN_PATH, endpoint=self._listen)])
+        routes = Map([Rule(LISTEN_PATH, endpoint=self._listen), Rule(deepgram.PATH, endpoint=self._deepgram)])
         return await route(
             routes,
             self.config.host,
@@ -172,11 +175,12 @@ class DgasrServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.engine.state.value}\n")
         if path == "/v1/models":
             return _json_response(connection, 200, self._models_body())
-        if path != LISTEN_PATH:
+        parse = self._params.get(path)
+        if parse is None:
             return _json_response(connection, 404, {"error": "not_found", "message": f"no endpoint {path}"})
         try:
-            ListenParams.from_query(dict(parse_qsl(query, keep_blank_values=True)))  # 400 before the upgrade
-        except ParamError as exc:
+            parse(dict(parse_qsl(query, keep_blank_values=True)))  # 400 before the upgrade
+        except (ParamError, deepgram.DeepgramParamError) as exc:
             return _json_response(connection, 400, exc.to_dict())
         if self._stopping or not self.engine.ready:
             reason = "server is shutting down" if self._stopping else "model is still loading"
@@ -197,18 +201,19 @@ class DgasrServer:
     def _steps(self, asked: int | None, model_default: int, server_default: int | None) -> int:
         return max(1, min(asked or server_default or model_default, self._max_steps()))
 
-    def _session_config(self, params: ListenParams) -> SessionConfig:
+    def _session_config(self, draft_steps: int | None = None, final_steps: int | None = None,
+                        silence_ms: int | None = None) -> SessionConfig:
         spec = self.engine.spec
         vad = VadConfig(
             aggressiveness=self.config.vad_aggressiveness,
-            silence_ms=self.config.silence_ms,
+            silence_ms=silence_ms or self.config.silence_ms,
             max_segment_s=max(2.0, spec.window_seconds - 0.5),
             split_search_s=min(3.0, spec.window_seconds / 4),
         )
         return SessionConfig(
             model=spec.name,
-            draft_steps=self._steps(params.draft_steps, spec.draft_steps, self.config.draft_steps),
-            final_steps=self._steps(params.final_steps, spec.final_steps, self.config.final_steps),
+            draft_steps=self._steps(draft_steps, spec.draft_steps, self.config.draft_steps),
+            final_steps=self._steps(final_steps, spec.final_steps, self.config.final_steps),
             vad=vad,
             partial_interval_ms=self.config.partial_interval_ms,
             warm_start=self.config.warm_start,
@@ -216,6 +221,17 @@ class DgasrServer:
 
     async def _listen(self, ws: ServerConnection) -> None:
         """The ``/v1/listen`` route: one native v1 session."""
+        params = ListenParams.from_query(deepgram.query_of(ws.request.path))
+        config = self._session_config(params.draft_steps, params.final_steps)
+        await self._stream(ws, params.stream(), config, V1Codec())
+
+    async def _deepgram(self, ws: ServerConnection) -> None:
+        """The ``/deepgram/v1/listen`` route: one Deepgram live session."""
+        params = deepgram.DeepgramParams.from_query(deepgram.query_of(ws.request.path))
+        await self._stream(ws, params.stream(), self._session_config(silence_ms=params.silence_ms),
+                           deepgram.DeepgramCodec(params))
+
+    async def _stream(self, ws: ServerConnection, stream: StreamFormat, config: SessionConfig, codec: Codec) -> None:
         ws.handshake_over()
         # Sessions are counted here, where one really starts, and nowhere else. Handshakes
         # that raced past the 503 check are refused with 1013 "try again later".
@@ -223,19 +239,19 @@ class DgasrServer:
             await ws.close(1013, "server is full" if not self._stopping else "server is shutting down")
             return
         try:
-            await self._run_session(ws)
+            await self._run_session(ws, Session(uuid.uuid4().hex[:12], stream, config), codec)
         finally:
             self.admission.end_session()
 
-    async def _run_session(self, ws: ServerConnection) -> None:
-        params = ListenParams.from_query(dict(parse_qsl(ws.request.path.partition("?")[2], keep_blank_values=True)))
-        session = Session(uuid.uuid4().hex[:12], params.stream(), self._session_config(params))
+    async def _run_session(self, ws: ServerConnection, session: Session, codec: Codec) -> None:
         assert self.loop is not None
-        conn = StreamConnection(ws, session, self.loop, V1Codec(), idle_timeout=self.config.idle_timeout)
+        conn = StreamConnection(ws, session, self.loop, codec, idle_timeout=self.config.idle_timeout)
         self.connections[session.id] = conn
         self.registry.add(conn.sink)
-        log.info("session %s open: peer=%s rate=%d encoding=%s language=%s", session.id, ws.peer_ip,
-                 params.sample_rate, params.encoding.value, params.language or "auto")
+        stream = session.stream
+        log.info("session %s open: %s peer=%s rate=%d encoding=%s language=%s", session.id,
+                 ws.request.path.partition("?")[0], ws.peer_ip, stream.sample_rate, stream.encoding.value,
+                 stream.language or "auto")
         try:
             await conn.run()
         finally:
