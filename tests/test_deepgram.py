@@ -149,3 +149,22 @@ def test_deepgram_parameters_dgasr_cannot_honour_are_a_400_naming_them(server):
         except urllib.error.HTTPError as exc:
             status, body = exc.code, json.loads(exc.read())
         assert status == 400 and body["err_msg"].startswith(f"{name}:"), (query, body)
+
+
+def test_deepgram_endpointing_false_keeps_both_sentences_in_one_final_until_close_stream(server, speech):
+    """endpointing=false: the pause between the sentences ends nothing; CloseStream gives the one final."""
+    audio, truth = speech
+    pcm = encode(audio)
+
+    async def scenario():
+        client = AsyncDeepgramClient(api_key="anything", environment=_environment(server.port))
+        async with client.listen.v1.connect(**{**QUERY, "endpointing": "false"}) as conn:
+            await conn.send_media(pcm)
+            await conn.send_close_stream()
+            return [m async for m in conn]
+
+    got = asyncio.run(scenario())
+    assert None not in got
+    finals = [m for m in _validated(got) if m.type == "Results" and m.is_final]
+    assert len(finals) == 1
+    assert abs(finals[0].start - truth[0][0]) < 0.45 and finals[0].start + finals[0].duration > truth[1][1] - 0.3

@@ -121,6 +121,13 @@ class VadConfig:
     def samples(self, ms: float) -> int:
         return int(round(ms * SAMPLE_RATE / 1000))
 
+    @property
+    def longest_silence_ms(self) -> int:
+        """The longest ``silence_ms`` these settings allow: a pause that long never ends a
+        segment before ``max_segment_s`` does ("no endpointing" in the protocols that offer it)."""
+        return (int((self.max_segment_s - self.split_search_s) * 1000) - self.preroll_ms - self.start_window_ms
+                - 3 * self.frame_ms)
+
 
 class SegmenterState(enum.Enum):
     SILENCE = "silence"

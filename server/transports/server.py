@@ -23,6 +23,7 @@ their finals and ``closed`` sent), wait for them, stop the engine loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http
 import json
 import logging
@@ -203,13 +204,17 @@ class DgasrServer:
 
     def _session_config(self, draft_steps: int | None = None, final_steps: int | None = None,
                         silence_ms: int | None = None) -> SessionConfig:
+        """A session's settings: steps clamped to the server's limits, the VAD fitted to the model's
+        window (a client's ``silence_ms`` is capped at the longest the window allows)."""
         spec = self.engine.spec
         vad = VadConfig(
             aggressiveness=self.config.vad_aggressiveness,
-            silence_ms=silence_ms or self.config.silence_ms,
+            silence_ms=self.config.silence_ms,
             max_segment_s=max(2.0, spec.window_seconds - 0.5),
             split_search_s=min(3.0, spec.window_seconds / 4),
         )
+        if silence_ms is not None:
+            vad = dataclasses.replace(vad, silence_ms=max(vad.frame_ms, min(silence_ms, vad.longest_silence_ms)))
         return SessionConfig(
             model=spec.name,
             draft_steps=self._steps(draft_steps, spec.draft_steps, self.config.draft_steps),
