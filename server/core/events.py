@@ -73,7 +73,21 @@ class KeepAlive:
     """The client is still there; changes nothing in the session (the transport's idle timer resets)."""
 
 
-Command = Audio | Finalize | EndStream | KeepAlive
+@dataclass(frozen=True)
+class Configure:
+    """Change the stream's settings mid-stream (a protocol's session update).
+
+    ``language``: the hint for segments that start from now on (``None`` = detect);
+    left out when ``set_language`` is false. ``silence_ms``: the pause that ends a
+    segment (capped at the longest the model's window allows; ``None`` = unchanged).
+    """
+
+    set_language: bool = False
+    language: str | None = None
+    silence_ms: int | None = None
+
+
+Command = Audio | Finalize | EndStream | KeepAlive | Configure
 
 
 # ---- events: session -> transport ------------------------------------------

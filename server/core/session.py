@@ -26,6 +26,7 @@ in any state but ``STREAMING`` raises :class:`SessionError`.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -38,6 +39,7 @@ from server.core.audio import BadAudio, PcmDecoder, StreamResampler
 from server.core.events import (
     Audio,
     Command,
+    Configure,
     Draft,
     Ended,
     EndStream,
@@ -172,6 +174,12 @@ class Session:
             return self.end(command.reason)
         if isinstance(command, KeepAlive):
             return Output()  # the transport resets its idle timer
+        if isinstance(command, Configure):
+            if command.set_language:
+                self.stream = dataclasses.replace(self.stream, language=command.language)
+            if command.silence_ms is not None:
+                self._segmenter.set_silence_ms(command.silence_ms)
+            return Output()
         raise TypeError(f"not a session command: {command!r}")
 
     def feed(self, data: bytes) -> Output:

@@ -35,6 +35,7 @@ by ``max_segment_s``. Each ``feed`` merges adjacent audio of a segment into one
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections import deque
@@ -211,6 +212,19 @@ class Segmenter:
             self._process_frame(buf[i * self._frame : (i + 1) * self._frame], out)
         self._pending = buf[n * self._frame :].copy()
         return out.done()
+
+    def set_silence_ms(self, silence_ms: int) -> None:
+        """Change the pause that ends a segment, mid-stream (a protocol's turn-detection update).
+
+        Capped at :attr:`VadConfig.longest_silence_ms`; the pre-roll history grows or
+        shrinks with it, keeping the newest audio.
+        """
+        cfg = self.config = dataclasses.replace(self.config, silence_ms=max(self.config.frame_ms, min(
+            silence_ms, self.config.longest_silence_ms)))
+        self._silence_len = cfg.samples(cfg.silence_ms)
+        self._history_cap = self._preroll + self._silence_len + (self._window_frames + 1) * self._frame
+        self._flags = deque(self._flags, maxlen=self._history_cap // self._frame)
+        self._history = self._history[-self._history_cap :]
 
     def finalize(self) -> list[SegmentEvent]:
         """End the open segment now (e.g. on a client ``finalize``); the stream goes on.

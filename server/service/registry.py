@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 
-from server.core.events import Draft, Event, Final
+from server.core.events import Draft, Ended, Event, Final
 from server.core.requests import TranscribeResult
 from server.core.scheduler import Job
 from server.core.session import Output, Session
@@ -55,6 +55,8 @@ class SessionSink:
     def route(self, out: Output) -> None:
         for event in out.events:
             frames = self.encode(event)
+            if not frames and isinstance(event, Ended):
+                frames = [""]  # the writer must still see Ended, to close
             for i, frame in enumerate(frames):  # the event rides on its last frame (Ended: close after it)
                 self.outbox.put(event if i == len(frames) - 1 else None, frame)
             if isinstance(event, Final):

@@ -46,7 +46,7 @@ from server.service.config import ServerConfig
 from server.service.loop import EngineLoop
 from server.service.registry import SessionRegistry
 from server.transports.stream import Codec, StreamConnection
-from server.wire import deepgram
+from server.wire import deepgram, realtime
 from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError, V1Codec
 
 __all__ = ["DgasrServer"]
@@ -78,7 +78,8 @@ class DgasrServer:
                                           config.max_pending_handshakes))
         self.connections: dict[str, StreamConnection] = {}  # the transport's side of each registered session
         # The websocket routes' parameter parsers, run before the upgrade (a bad value: HTTP 400).
-        self._params = {LISTEN_PATH: ListenParams.from_query, deepgram.PATH: deepgram.DeepgramParams.from_query}
+        self._params = {LISTEN_PATH: ListenParams.from_query, deepgram.PATH: deepgram.DeepgramParams.from_query,
+                        realtime.PATH: lambda query: None}  # the Realtime API accepts any intent and model
         self.port = config.port
         # (feed CPU seconds, audio seconds) of recent sessions, for benchmarks
         self.feed_stats: deque[tuple[float, float]] = deque(maxlen=1024)
@@ -102,7 +103,8 @@ class DgasrServer:
         log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
 
     async def _serve(self) -> Server:
-        routes = Map([Rule(LISTEN_PATH, endpoint=self._listen), Rule(deepgram.PATH, endpoint=self._deepgram)])
+        routes = Map([Rule(LISTEN_PATH, endpoint=self._listen), Rule(deepgram.PATH, endpoint=self._deepgram),
+                      Rule(realtime.PATH, endpoint=self._realtime)])
         return await route(
             routes,
             self.config.host,
@@ -235,6 +237,13 @@ class DgasrServer:
         params = deepgram.DeepgramParams.from_query(deepgram.query_of(ws.request.path))
         await self._stream(ws, params.stream(), self._session_config(silence_ms=params.silence_ms),
                            deepgram.DeepgramCodec(params))
+
+    async def _realtime(self, ws: ServerConnection) -> None:
+        """The ``/v1/realtime`` route: one OpenAI Realtime transcription session (GA or legacy beta)."""
+        params = realtime.RealtimeParams.from_request(deepgram.query_of(ws.request.path),
+                                                      ws.request.headers.get("OpenAI-Beta"))
+        await self._stream(ws, params.stream(), self._session_config(silence_ms=realtime.DEFAULT_SILENCE_MS),
+                           realtime.RealtimeCodec(params))
 
     async def _stream(self, ws: ServerConnection, stream: StreamFormat, config: SessionConfig, codec: Codec) -> None:
         ws.handshake_over()

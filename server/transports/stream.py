@@ -35,7 +35,7 @@ from server.core.events import (
 from server.core.session import Output, Session, SessionState
 from server.service.loop import EngineLoop
 from server.service.registry import SessionSink
-from server.wire import BadFrame
+from server.wire import BadFrame, Reply
 
 __all__ = ["Codec", "StreamConnection"]
 
@@ -53,8 +53,8 @@ class Codec(Protocol):
     def opening(self, session: Session) -> list[str | bytes]:
         """Frames to send as soon as the session exists (v1's ``ready``)."""
 
-    def decode(self, text: str) -> Command:
-        """A client text frame as a command; raises :class:`~server.wire.BadFrame`."""
+    def decode(self, text: str) -> Command | Reply:
+        """A client text frame as a command (or a reply of the codec's own); raises :class:`~server.wire.BadFrame`."""
 
     def encode(self, event: Event) -> list[str | bytes]:
         """The frames for one session event (none: the protocol has no message for it)."""
@@ -191,18 +191,23 @@ class StreamConnection:
                 self.route(out)
                 continue
             try:
-                command = self.codec.decode(frame)
+                decoded = self.codec.decode(frame)
             except BadFrame as exc:
                 self.route(Output(events=[Problem(ProblemCode.BAD_MESSAGE, str(exc))]))
                 continue
-            self.route(session.handle(command))
+            reply = decoded if isinstance(decoded, Reply) else Reply(command=decoded)
+            if reply.command is not None:
+                self.route(session.handle(reply.command))
+            for text in reply.frames:
+                self.sink.send(None, text)
 
     async def _write(self) -> None:
         while True:
             message, text = await self.outbox.get()
             self.sink.update_room()
             self._sending = True
-            await self.ws.send(text)
+            if text:  # an event without frames (Ended in OpenAI's protocol) sends nothing
+                await self.ws.send(text)
             self._sending = False
             self._sent += 1
             if isinstance(message, Ended):
