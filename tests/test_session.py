@@ -13,6 +13,7 @@ from audio_fixtures import SAMPLE_RATE, speech_with_pauses
 
 from server.core.events import (
     Audio,
+    Configure,
     Draft,
     Ended,
     EndStream,
@@ -426,3 +427,21 @@ def test_session_gives_same_messages_and_finals_when_chunk_sizes_differ(
         assert messages == ref_messages, f"chunk {chunk if isinstance(chunk, int) else 'random'}"
         assert finals == ref_finals
         assert sorted({d.segment for d in drafts}) == [0, 1, 2]
+
+
+def test_session_configure_changes_the_pause_that_ends_a_segment_and_the_language_of_later_jobs(
+    three: tuple[np.ndarray, list[tuple[float, float]]],
+) -> None:
+    """Configure mid-stream: a 2 s pause length merges the three sentences (pauses 1.2 and 1.5 s)
+    into one segment, and jobs from then on carry the new language hint."""
+    audio, _ = three
+    data = encode(audio, Encoding.PCM_S16LE)
+    session = make_session()
+    assert session.handle(Configure(set_language=True, language="de", silence_ms=2000)) == Output()
+    out = feed(session, data)
+    out.extend(session.handle(EndStream("eos")))
+    assert len(spans(out.events)) == 1
+    assert {j.request.language for j in out.jobs} == {"de"}
+    plain = make_session()
+    assert len(spans(feed(plain, data).events + plain.handle(EndStream("eos")).events)) == 3
+    assert {j.request.language for j in feed(make_session(), data).jobs} == {"en"}
