@@ -46,7 +46,7 @@ from server.core.pcm import (
 )
 from server.core.session import Session, StreamFormat
 from server.wire import BadFrame
-from server.wire.v1 import ECHO_LIMIT, clip
+from server.wire.v1 import ECHO_LIMIT, ParamError, clip, parse_bool, parse_int
 
 __all__ = ["PATH", "DeepgramParams", "DeepgramParamError", "DeepgramCodec"]
 
@@ -67,27 +67,11 @@ class DeepgramParamError(ValueError):
 
 
 def _flag(query: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if raw.strip().lower() in ("true", "1"):
-        return True
-    if raw.strip().lower() in ("false", "0"):
-        return False
-    raise DeepgramParamError(name, f"expected true or false, got {clip(repr(raw))}")
+    return default if query.get(name) is None else parse_bool(name, query[name])
 
 
 def _integer(query: Mapping[str, str], name: str, lo: int, hi: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise DeepgramParamError(name, f"expected an integer, got {clip(repr(raw))}") from None
-    if not lo <= value <= hi:
-        raise DeepgramParamError(name, f"must be between {lo} and {hi}, got {value}")
-    return value
+    return None if query.get(name) is None else parse_int(name, query[name], lo, hi)
 
 
 @dataclass(frozen=True)
@@ -104,6 +88,13 @@ class DeepgramParams:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> DeepgramParams:
+        try:
+            return cls._from_query(query)
+        except ParamError as exc:  # the shared parsers' error, in Deepgram's shape
+            raise DeepgramParamError(exc.field, exc.message) from None
+
+    @classmethod
+    def _from_query(cls, query: Mapping[str, str]) -> DeepgramParams:
         encoding = query.get("encoding", "linear16").strip().lower()
         if encoding != "linear16":
             raise DeepgramParamError("encoding", f"dgasr takes raw linear16 audio, got {clip(repr(encoding))}")

@@ -93,20 +93,22 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def _parse_bool(field: str, raw: str) -> bool:
+def parse_bool(field: str, raw: str) -> bool:
+    """A query flag (true/false, 1/0, yes/no, on/off); :class:`ParamError` names ``field`` otherwise."""
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
-    raise ParamError(field, f"expected true or false, got {raw!r}")
+    raise ParamError(field, f"expected true or false, got {clip(repr(raw))}")
 
 
-def _parse_int(field: str, raw: str, lo: int, hi: int) -> int:
+def parse_int(field: str, raw: str, lo: int, hi: int) -> int:
+    """A query integer in ``lo..hi``; :class:`ParamError` names ``field`` otherwise."""
     try:
         value = int(raw)
     except ValueError:
-        raise ParamError(field, f"expected an integer, got {raw!r}") from None
+        raise ParamError(field, f"expected an integer, got {clip(repr(raw))}") from None
     if not lo <= value <= hi:
         raise ParamError(field, f"must be between {lo} and {hi}, got {value}")
     return value
@@ -139,7 +141,7 @@ class ListenParams:
             raise ParamError(unknown[0], f"unknown parameter; known: {', '.join(sorted(cls.KNOWN))}")
         kwargs: dict[str, Any] = {}
         if "sample_rate" in query:
-            kwargs["sample_rate"] = _parse_int(
+            kwargs["sample_rate"] = parse_int(
                 "sample_rate", query["sample_rate"], MIN_SAMPLE_RATE, MAX_SAMPLE_RATE
             )
         if "encoding" in query:
@@ -156,10 +158,10 @@ class ListenParams:
                 raise ParamError("language", f"expected one of {', '.join(LANGUAGES)} or auto, got {lang!r}")
             kwargs["language"] = lang
         if "interim_results" in query:
-            kwargs["interim_results"] = _parse_bool("interim_results", query["interim_results"])
+            kwargs["interim_results"] = parse_bool("interim_results", query["interim_results"])
         for name in ("draft_steps", "final_steps"):
             if name in query:
-                kwargs[name] = _parse_int(name, query[name], 1, 1000)
+                kwargs[name] = parse_int(name, query[name], 1, 1000)
         return cls(**kwargs)
 
     def stream(self) -> StreamFormat:
