@@ -12,7 +12,12 @@ time, and reports p50/p95 of:
 then does the same with batching disabled (max batch 1) and prints the ratio. The speech is
 espeak-ng sentences (known onsets/ends) separated by pauses; every client gets its own text.
 
+With ``--greedy N``, each run also has N more clients asking for ``--greedy-steps`` draft
+and final steps (the scheduler's fairness check): the table then reports the normal
+clients only, and a last line compares their final p95 with and without the greedy ones.
+
     python scripts/bench_streams.py --clients 1,4,16 --model tiny-random --device cpu
+    python scripts/bench_streams.py --clients 4 --greedy 4 --greedy-steps 64
 """
 
 from __future__ import annotations
@@ -75,13 +80,13 @@ def _speech(client: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
     ]
 
 
-async def _client(url: str, client: int, chunk_ms: int = 100) -> ClientResult:
+async def _client(url: str, client: int, chunk_ms: int = 100, query: str = "") -> ClientResult:
     audio, truth = _speech(client)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = 16000 * chunk_ms // 1000 * 2
     result = ClientResult(segments_expected=len(truth))
     first_partial: dict[int, float] = {}
-    async with connect(f"{url}/v1/listen") as ws:
+    async with connect(f"{url}/v1/listen{query}") as ws:
         await ws.recv()  # ready
         t0 = time.perf_counter()
 
@@ -108,11 +113,15 @@ async def _client(url: str, client: int, chunk_ms: int = 100) -> ClientResult:
     return result
 
 
-async def _run(engine: Engine, clients: int, max_batch: int) -> dict:
-    server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients)), engine)
+async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64) -> dict:
+    server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients + greedy)), engine)
     await server.start()
+    url = f"ws://127.0.0.1:{server.port}"
+    hogs = f"?draft_steps={greedy_steps}&final_steps={greedy_steps}"
     try:
-        results = await asyncio.gather(*(_client(f"ws://127.0.0.1:{server.port}", c) for c in range(clients)))
+        results = await asyncio.gather(*(_client(url, c) for c in range(clients)),
+                                       *(_client(url, clients + g, query=hogs) for g in range(greedy)))
+        results = results[:clients]  # the normal clients' figures
     finally:
         await server.shutdown()  # also lets every session's handler record its stats
     stats = server.loop.stats
@@ -148,6 +157,14 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"{'run':14s} {'first50':>7s} {'first95':>7s} {'final50':>7s} {'final95':>7s} {'queue50':>7s} "
           f"{'engine50':>7s} {'batch':>6s} lost    vad")
     for n in args.clients:
+        if args.greedy:
+            alone = await _run(engine, n, args.max_batch)
+            crowded = await _run(engine, n, args.max_batch, args.greedy, args.greedy_steps)
+            print(_row(f"{n} alone", alone))
+            print(_row(f"{n} +{args.greedy}x{args.greedy_steps}st", crowded))
+            ratio = _pct(crowded["final"], .95) / max(_pct(alone["final"], .95), 1e-9)
+            print(f"{'':14s} normal clients' final p95 with / without the greedy ones = {ratio:.2f}")
+            continue
         batched = await _run(engine, n, args.max_batch)
         single = await _run(engine, n, 1)
         print(_row(f"{n} x batched", batched))
@@ -163,6 +180,8 @@ def main() -> None:
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--greedy", type=int, default=0, help="extra clients asking for --greedy-steps steps")
+    p.add_argument("--greedy-steps", type=int, default=64)
     asyncio.run(main_async(p.parse_args()))
 
 
