@@ -14,7 +14,9 @@ espeak-ng sentences (known onsets/ends) separated by pauses; every client gets i
 
 With ``--greedy N``, each run also has N more clients asking for ``--greedy-steps`` draft
 and final steps (the scheduler's fairness check): the table then reports the normal
-clients only, and a last line compares their final p95 with and without the greedy ones.
+clients only, with the fair scheduler and with a first-come-first-served baseline
+(``FifoScheduler``), and the last lines compare their final p95 with and without the
+greedy ones.
 
     python scripts/bench_streams.py --clients 1,4,16 --model tiny-random --device cpu
     python scripts/bench_streams.py --clients 4 --greedy 4 --greedy-steps 64
@@ -42,6 +44,7 @@ from audio_fixtures import speech_with_pauses  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from server.cli.server import cpu_threads  # noqa: E402
+from server.core.scheduler import Job, Scheduler  # noqa: E402
 from server.engine import Engine, load_model  # noqa: E402
 from server.service.config import ServerConfig  # noqa: E402
 from server.transports.server import DgasrServer  # noqa: E402
@@ -61,6 +64,24 @@ class ClientResult:
     final_ms: list[float] = field(default_factory=list)
     segments_expected: int = 0
     finals: int = 0
+
+
+class FifoScheduler(Scheduler):
+    """The baseline for ``--greedy``: finals in arrival order whatever their steps (no fairness)."""
+
+    def next_batch(self, max_batch: int) -> list[Job]:
+        if self._retries:
+            return super().next_batch(max_batch)
+        batch = sorted((j for queue in self._finals.values() for j in queue), key=lambda j: j.id)[:max_batch]
+        for job in batch:
+            queue = self._finals[job.session]
+            queue.popleft()
+            if not queue:
+                del self._finals[job.session]
+        self._final_count -= len(batch)
+        while self._drafts and len(batch) < max_batch:
+            batch.append(self._drafts.popitem(last=False)[1])
+        return batch
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -113,8 +134,11 @@ async def _client(url: str, client: int, chunk_ms: int = 100, query: str = "") -
     return result
 
 
-async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64) -> dict:
+async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64,
+               fifo: bool = False) -> dict:
     server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients + greedy)), engine)
+    if fifo:
+        server.scheduler = FifoScheduler()
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"
     hogs = f"?draft_steps={greedy_steps}&final_steps={greedy_steps}"
@@ -160,10 +184,13 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.greedy:
             alone = await _run(engine, n, args.max_batch)
             crowded = await _run(engine, n, args.max_batch, args.greedy, args.greedy_steps)
+            fifo = await _run(engine, n, args.max_batch, args.greedy, args.greedy_steps, fifo=True)
             print(_row(f"{n} alone", alone))
-            print(_row(f"{n} +{args.greedy}x{args.greedy_steps}st", crowded))
-            ratio = _pct(crowded["final"], .95) / max(_pct(alone["final"], .95), 1e-9)
-            print(f"{'':14s} normal clients' final p95 with / without the greedy ones = {ratio:.2f}")
+            print(_row(f"{n} +{args.greedy}x{args.greedy_steps} fair", crowded))
+            print(_row(f"{n} +{args.greedy}x{args.greedy_steps} fifo", fifo))
+            for label, run in (("fair", crowded), ("fifo", fifo)):
+                ratio = _pct(run["final"], .95) / max(_pct(alone["final"], .95), 1e-9)
+                print(f"{'':14s} {label}: normal clients' final p95 with / without the greedy ones = {ratio:.2f}")
             continue
         batched = await _run(engine, n, args.max_batch)
         single = await _run(engine, n, 1)
