@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from audio_fixtures import speech_with_pauses
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
@@ -25,6 +26,7 @@ from server.engine.denoise import run_batch
 from server.engine.frames import embed_audio
 from server.engine.spec import SamplerSettings
 from server.engine.tiny import build_tiny_random
+from server.engine.words import word_timings
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +233,27 @@ def test_engine_load_failure_is_reported_by_wait_ready():
         engine.wait_ready(30)
     assert engine.state is EngineState.FAILED
     engine.close()
+
+
+def test_word_timings_give_one_ordered_span_per_word_inside_the_audio(model) -> None:
+    """A transcript's tokens aligned to the audio embeddings: one timing per word, in order, inside
+    the audio (tiny-random's lm_head cannot read audio, so only the mechanics are checked here)."""
+    audio = speech_with_pauses([0.3, "Hello there, how are you today?", 0.5])[0]
+    embeds = embed_audio(model, [audio])[0]
+    canvas = model.tokenizer("hello there you", add_special_tokens=False).input_ids + [model.eos_token_id, 0, 0]
+    seconds = len(audio) / 16000
+    words = word_timings(model, embeds, canvas, seconds / embeds.shape[0], seconds)
+    assert [w.word for w in words] == ["hello", "there", "you"]
+    spans = [(w.start, w.end) for w in words]
+    assert all(0 <= a < b <= seconds + 1e-6 for a, b in spans)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    assert all(0 < w.confidence <= 1 for w in words)
+
+
+def test_only_requests_that_ask_for_word_timings_pay_for_them(model) -> None:
+    audio = speech_with_pauses([0.3, "Hello there.", 0.5])[0]
+    timed, plain = run_batch(model, [TranscribeRequest(audio, 4, "en", seed=3, word_timings=True),
+                                     TranscribeRequest(audio, 4, "en", seed=3)])
+    assert plain.words == () and timed.text == plain.text
+    # tiny-random's noise text has more tokens than the audio has slots: no alignment, no words
+    assert [w.word for w in timed.words] in ([], timed.text.split())

@@ -26,7 +26,7 @@ from server.core.events import (
     SpeechStopped,
 )
 from server.core.pcm import Encoding
-from server.core.requests import PhaseTimings, TranscribeResult
+from server.core.requests import PhaseTimings, TranscribeResult, WordTiming
 from server.core.scheduler import Job, JobKind
 from server.core.session import (
     Output,
@@ -445,3 +445,24 @@ def test_session_configure_changes_the_pause_that_ends_a_segment_and_the_languag
     plain = make_session()
     assert len(spans(feed(plain, data).events + plain.handle(EndStream("eos")).events)) == 3
     assert {j.request.language for j in feed(make_session(), data).jobs} == {"en"}
+
+
+def test_finals_ask_for_word_timings_and_carry_them_in_stream_time(
+    three: tuple[np.ndarray, list[tuple[float, float]]],
+) -> None:
+    """Final jobs ask the engine for word timings, drafts do not; a final's words are shifted from
+    segment time to stream time."""
+    audio, _ = three
+    out = feed(make_session(), encode(audio, Encoding.PCM_S16LE))
+    assert {j.request.word_timings for j in of_kind(out.jobs, JobKind.FINAL)} == {True}
+    assert {j.request.word_timings for j in of_kind(out.jobs, JobKind.DRAFT)} == {False}
+    session = make_session()
+    out = feed(session, encode(audio, Encoding.PCM_S16LE))
+    start = next(e.start for e in out.events if isinstance(e, SpeechStarted) and e.segment == 1)
+    timed = TranscribeResult("she sells", canvas=(1,), steps=16, timings=PhaseTimings(0, 0, 0, 0, 1),
+                             words=(WordTiming("she", 0.1, 0.3, 0.9), WordTiming("sells", 0.35, 0.8, 0.6)))
+    session.job_done(of_kind(out.jobs, JobKind.FINAL, 0)[0], result("the quick"))
+    final = session.job_done(of_kind(out.jobs, JobKind.FINAL, 1)[0], timed).events[0]
+    assert isinstance(final, Final) and final.segment == 1
+    assert final.words == (WordTiming("she", round(start + 0.1, 3), round(start + 0.3, 3), 0.9),
+                           WordTiming("sells", round(start + 0.35, 3), round(start + 0.8, 3), 0.6))

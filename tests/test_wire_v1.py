@@ -8,6 +8,7 @@ import pytest
 
 from server.core import events as ev
 from server.core.pcm import Encoding
+from server.core.requests import WordTiming
 from server.core.session import Session, SessionConfig, StreamFormat
 from server.wire import v1
 
@@ -44,7 +45,11 @@ def test_v1_encodes_each_session_event_as_its_message() -> None:
         (ev.SpeechStopped(0, 1.9), {"type": "speech_stopped", "segment": 0, "end": 1.9}),
         (ev.Final(0, "hello", 0.5, 1.9, 8, "en", 120.0), {"type": "final", "segment": 0, "text": "hello",
                                                            "start": 0.5, "end": 1.9, "steps": 8, "language": "en",
-                                                           "latency_ms": 120.0}),
+                                                           "latency_ms": 120.0, "words": []}),
+        (ev.Final(1, "hi you", 2.0, 2.9, 8, None, 90.0, (WordTiming("hi", 2.1, 2.4, 0.8), WordTiming("you", 2.5, 2.8, 0.7))),
+         {"type": "final", "segment": 1, "text": "hi you", "start": 2.0, "end": 2.9, "steps": 8, "language": None,
+          "latency_ms": 90.0, "words": [{"word": "hi", "start": 2.1, "end": 2.4, "confidence": 0.8},
+                                        {"word": "you", "start": 2.5, "end": 2.8, "confidence": 0.7}]}),
         (ev.Problem(ev.ProblemCode.TIMEOUT, "idle", fatal=True), {"type": "error", "code": "timeout",
                                                                    "message": "idle", "fatal": True}),
         (ev.Ended("eos", 1, 2.5), {"type": "closed", "reason": "eos", "segments": 1, "audio_seconds": 2.5}),

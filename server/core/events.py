@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from server.core.requests import WordTiming
+
 __all__ = [
     "Audio",
     "Command",
@@ -118,7 +120,11 @@ class SpeechStopped:
 
 @dataclass(frozen=True)
 class Final:
-    """The refined transcript of a closed segment: exactly one per segment, in segment order."""
+    """The refined transcript of a closed segment: exactly one per segment, in segment order.
+
+    ``words``: each word with its start and end in stream seconds (empty when the audio
+    has too few frames for the text to be aligned).
+    """
 
     segment: int
     text: str
@@ -127,6 +133,7 @@ class Final:
     steps: int
     language: str | None
     latency_ms: float  # from the segment's close to this final
+    words: tuple[WordTiming, ...] = ()
 
 
 @dataclass(frozen=True)

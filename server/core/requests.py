@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AudioTooLong", "EngineError", "InvalidRequest", "PhaseTimings", "TranscribeRequest", "TranscribeResult"]
+__all__ = ["AudioTooLong", "EngineError", "InvalidRequest", "PhaseTimings", "TranscribeRequest", "TranscribeResult",
+           "WordTiming"]
 
 
 class EngineError(RuntimeError):
@@ -33,6 +34,7 @@ class TranscribeRequest:
             else shares the batch.
         start_canvas: warm start: the ``canvas`` of an earlier result (e.g. the last draft of
             the same, shorter audio); None starts from uniformly random tokens.
+        word_timings: also align the result's words to the audio (finals ask for it).
     """
 
     audio: np.ndarray
@@ -40,6 +42,7 @@ class TranscribeRequest:
     language: str | None = None
     seed: int = 0
     start_canvas: tuple[int, ...] | None = None
+    word_timings: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,19 @@ class PhaseTimings:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """A word of a transcript and where it was said, in seconds from the start of its audio."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclass(frozen=True)
 class TranscribeResult:
     text: str
     canvas: tuple[int, ...] = field(repr=False)
     steps: int
     timings: PhaseTimings
+    words: tuple[WordTiming, ...] = ()

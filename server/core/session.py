@@ -53,7 +53,7 @@ from server.core.events import (
     SpeechStopped,
 )
 from server.core.pcm import SAMPLE_RATE, Encoding
-from server.core.requests import TranscribeRequest, TranscribeResult
+from server.core.requests import TranscribeRequest, TranscribeResult, WordTiming
 from server.core.scheduler import Job, JobKind
 from server.core.vad import (
     SegmentAudio,
@@ -244,9 +244,12 @@ class Session:
             draft = Draft(job.segment, result.text, self._sec(segment.start),
                           self._sec(segment.start + job.end), result.steps)
             return Output(events=[draft])
+        offset = self._sec(segment.start)
+        words = tuple(WordTiming(w.word, round(offset + w.start, 3), round(offset + w.end, 3), w.confidence)
+                      for w in result.words)
         segment.final = Final(
-            job.segment, result.text, self._sec(segment.start), self._sec(segment.end or segment.start),
-            result.steps, self.stream.language, round((self._clock() - segment.closed_at) * 1000, 1),
+            job.segment, result.text, offset, self._sec(segment.end or segment.start),
+            result.steps, self.stream.language, round((self._clock() - segment.closed_at) * 1000, 1), words,
         )
         return self._release_finals()
 
@@ -320,7 +323,7 @@ class Session:
     def _job(self, segment: _Segment, kind: JobKind, steps: int) -> Job:
         canvas = segment.canvas if self.config.warm_start else None
         request = TranscribeRequest(segment.audio(), steps, self.stream.language, seed=segment.index,
-                                    start_canvas=canvas)
+                                    start_canvas=canvas, word_timings=kind is JobKind.FINAL)
         return Job(self.id, segment.index, kind, request, end=segment.length)
 
     def _release_finals(self) -> Output:

@@ -45,6 +45,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
+from server.core.pcm import SAMPLE_RATE
 from server.core.requests import (
     AudioTooLong,
     InvalidRequest,
@@ -55,6 +56,7 @@ from server.core.requests import (
 
 from .frames import encode, log_mel
 from .model import AsrModel
+from .words import word_timings
 
 __all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "ctc_collapse", "denoise"]
 
@@ -273,6 +275,7 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         by_length.setdefault(spec.encoder_samples(r.audio.shape[0]), []).append(i)
     canvases: list[list[int]] = [[] for _ in requests]
     steps_run = [0] * len(requests)
+    words: list[tuple] = [() for _ in requests]
     features_ms = audio_ms = prompt_ms = denoise_ms = 0.0
     for samples, batch in by_length.items():
         t0 = _sync(device)
@@ -304,8 +307,11 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                     starts[k] = canvas
             out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
             tc = _sync(device)
-            for i, row, n in zip(members, out, ran):
+            for k, i, row, n in zip(rows, members, out, ran):
                 canvases[i], steps_run[i] = row, n
+                if requests[i].word_timings:
+                    words[i] = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
+                                            requests[i].audio.shape[0] / SAMPLE_RATE)
             prompt_ms += (tb - ta) * 1000
             denoise_ms += (tc - tb) * 1000
     timings = PhaseTimings(
@@ -316,6 +322,6 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         batch_size=len(requests),
     )
     return [
-        TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings)
-        for c, n in zip(canvases, steps_run)
+        TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings, words=w)
+        for c, n, w in zip(canvases, steps_run, words)
     ]

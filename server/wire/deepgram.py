@@ -266,10 +266,11 @@ class DeepgramCodec:
                 if self._finalizing:
                     self._from_finalize.add(segment)
                 return []
-            case ev.Final(segment, text, start, end, _, _, _):
+            case ev.Final(segment, text, start, end, _, _, _, words):
                 forced = segment in self._from_finalize
                 self._from_finalize.discard(segment)
-                frames: list[str | bytes] = [self._results(text, start, end, final=True, forced=forced).to_json()]
+                frames: list[str | bytes] = [self._results(text, start, end, final=True, forced=forced,
+                                                           words=words).to_json()]
                 if self.params.utterance_end_ms is not None and text:
                     frames.append(UtteranceEnd(_CHANNELS, end).to_json())
                 return frames
@@ -279,9 +280,12 @@ class DeepgramCodec:
                 return [Metadata("deprecated", self.request_id, "", self._created, audio_seconds, 1).to_json()]
         raise TypeError(f"not a session event: {event!r}")
 
-    def _results(self, text: str, start: float, end: float, final: bool, forced: bool = False) -> Results:
-        # Word timings and confidences are not computed yet: words stay empty, confidence 1.0 for text.
-        alternative = Alternative(text, 1.0 if text else 0.0)
+    def _results(self, text: str, start: float, end: float, final: bool, forced: bool = False,
+                 words: tuple = ()) -> Results:
+        # Interims carry no words; a final's confidence is the mean of its words' (1.0 without words).
+        timed = [Word(w.word, w.start, w.end, w.confidence, w.word) for w in words]
+        confidence = round(sum(w.confidence for w in timed) / len(timed), 3) if timed else (1.0 if text else 0.0)
+        alternative = Alternative(text, confidence, timed)
         return Results(_CHANNELS, start, round(max(end - start, 0.0), 3), final, final and not forced, forced,
                        Channel([alternative]), self._metadata)
 

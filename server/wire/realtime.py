@@ -226,7 +226,7 @@ class RealtimeCodec:
                 return frames + [self._event("input_audio_buffer.committed", item_id=item, previous_item_id=previous)]
             case ev.Draft(segment, text, _, _, _):
                 return self._delta(segment, text)
-            case ev.Final(segment, text, start, end, _, _, _):
+            case ev.Final(segment, text, start, end, _, _, _, _):
                 self._drafts.pop(segment, None)
                 usage = {"type": "duration", "seconds": round(max(end - start, 0.0), 3)}
                 return [self._event("conversation.item.input_audio_transcription.completed",

@@ -26,6 +26,7 @@ from server.core import events as ev
 from server.core import pcm
 from server.core.events import ProblemCode
 from server.core.pcm import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
+from server.core.requests import WordTiming
 from server.core.session import Session, StreamFormat
 from server.wire import BadFrame
 
@@ -193,6 +194,8 @@ class _Message:
         body = {"type": self.type}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if isinstance(value, tuple):  # final.words
+                value = [dataclasses.asdict(v) for v in value]
             body[f.name] = value.value if isinstance(value, enum.Enum) else value
         return body
 
@@ -318,8 +321,11 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
     if cls is None:
         raise BadMessage(f"unknown server message: {str(text)[:200]}")
     names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in data.items() if k in names}
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
+        if isinstance(fields.get("words"), list):
+            fields["words"] = tuple(WordTiming(**w) for w in fields["words"])
+        return cls(**fields)
     except TypeError as exc:
         raise BadMessage(f"malformed {data['type']} message: {exc}") from None
 

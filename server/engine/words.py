@@ -1,0 +1,63 @@
+"""Word timings for a transcript: its tokens aligned (CTC) to the audio embeddings read through the lm_head.
+
+How this works
+--------------
+Both the real model and the demo read their projector outputs through the tied lm_head
+as CTC log-probabilities (blank = pad), one row per audio slot. :func:`word_timings`
+takes the transcript's own token ids (the final canvas), aligns them with
+:func:`server.core.align.ctc_align`, and groups tokens into words by their text: a token
+whose text starts with a space (or a SentencePiece ``▁``), or follows a space token,
+starts a word; space tokens belong to no word. Special tokens are dropped first. A
+word's time runs from its first token's first slot to its last token's last slot, in
+seconds from the start of the request's audio; its confidence is the mean of its
+tokens' scores. With a model whose lm_head cannot read the audio (tiny-random) the
+times are valid but meaningless.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from server.core.align import ctc_align
+from server.core.requests import WordTiming
+
+from .model import AsrModel
+
+__all__ = ["word_timings"]
+
+_SPACE = ("\u2581", " ", "\u0120")  # SentencePiece, plain, byte-level BPE word starts
+
+
+def word_timings(model: AsrModel, embeds: torch.Tensor, canvas: list[int], seconds_per_slot: float,
+                 audio_seconds: float) -> tuple[WordTiming, ...]:
+    """Words of ``canvas`` with times, from one request's audio embeddings ``(slots, hidden)``."""
+    special = set(model.tokenizer.all_special_ids)
+    tokens = [t for t in model.canvas_tokens(canvas) if t not in special]
+    if not tokens:
+        return ()
+    bb = model.backbone
+    with torch.inference_mode():
+        log_probs = torch.log_softmax(bb.lm_head(embeds.to(bb.dtype)).float(), dim=-1).cpu().numpy()
+    slots = min(log_probs.shape[0], max(1, round(audio_seconds / seconds_per_slot)))  # only slots with audio
+    spans = ctc_align(log_probs[:slots], tokens, bb.config.text_config.pad_token_id)
+    if spans is None:
+        return ()
+    words: list[tuple[str, int, int, list[float]]] = []
+    starts_word = True
+    for token, span in zip(tokens, spans):
+        piece = model.tokenizer.convert_ids_to_tokens(token)
+        text = model.tokenizer.decode([token])
+        if not text.strip():
+            starts_word = True
+            continue
+        if starts_word or piece.startswith(_SPACE) or not words:
+            words.append((text.strip(), span.first, span.last, [span.score]))
+        else:
+            word, first, _, scores = words[-1]
+            words[-1] = (word + text.strip(), first, span.last, scores + [span.score])
+        starts_word = False
+    return tuple(
+        WordTiming(word, round(first * seconds_per_slot, 3), round(min((last + 1) * seconds_per_slot, audio_seconds), 3),
+                   round(sum(scores) / len(scores), 3))
+        for word, first, last, scores in words
+    )
