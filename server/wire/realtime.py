@@ -175,8 +175,9 @@ class RealtimeCodec:
             if session.get("type", "transcription") != "transcription":
                 raise _Mistake("this endpoint serves transcription sessions only (session.type 'transcription')",
                                "invalid_value", "session.type")
-            audio_in = ((session.get("audio") or {}).get("input") or {}) if isinstance(session.get("audio"), dict) \
-                else {}
+            audio = session.get("audio")
+            audio_in = audio.get("input") if isinstance(audio, dict) else None
+            audio_in = audio_in if isinstance(audio_in, dict) else {}
             fmt = audio_in.get("format")
             if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "audio/pcm"
                                     or fmt.get("rate", RATE) != RATE):
