@@ -61,6 +61,12 @@ def server(tiny_engine):
     srv.close()
 
 
+def _ga(server: ServerThread):
+    """A GA transcription session, as OpenAI documents it: no model in the URL."""
+    client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
+    return client.realtime.connect(extra_query={"intent": "transcription"})
+
+
 def _chunks(pcm: bytes, size: int = 4800) -> list[str]:
     return [base64.b64encode(pcm[i : i + size]).decode() for i in range(0, len(pcm), size)]
 
@@ -106,8 +112,7 @@ def test_the_ga_sdk_transcribes_one_turn_per_sentence_equal_to_the_native_finals
     pcm = encode(audio)
 
     async def scenario():
-        client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
-        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        async with _ga(server) as conn:
             head = await _read_until(conn, GA_MODELS, lambda ev: len(ev) == 1)
             await conn.session.update(session={"type": "transcription", "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -156,8 +161,7 @@ def test_client_mistakes_get_an_error_naming_the_event_and_the_session_goes_on(s
     pcm = encode(audio)
 
     async def scenario():
-        client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
-        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        async with _ga(server) as conn:
             await conn.send({"type": "input_audio_buffer.append", "audio": "%%% not base64", "event_id": "evt_a"})
             await conn.input_audio_buffer.commit(event_id="evt_b")  # nothing spoken yet
             await conn.send({"type": "response.create", "event_id": "evt_c"})
@@ -182,8 +186,7 @@ def test_manual_commits_with_turn_detection_null_make_one_turn_of_both_sentences
     pcm = encode(audio)
 
     async def scenario():
-        client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
-        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        async with _ga(server) as conn:
             await conn.session.update(session={"type": "transcription", "audio": {"input": {
                 "transcription": {"language": "en"}, "turn_detection": None}}})
             for chunk in _chunks(pcm):
