@@ -56,6 +56,8 @@ from server.core.segments import (
 )
 
 __all__ = [
+    "ENDLESS_SILENCE_MS",
+    "SHORTEST_CLIENT_SILENCE_MS",
     "EndReason",
     "SegmentAudio",
     "SegmentEnded",
@@ -67,6 +69,10 @@ __all__ = [
     "VadConfig",
 ]
 
+
+
+SHORTEST_CLIENT_SILENCE_MS = 100
+ENDLESS_SILENCE_MS = 3_600_000  # "no endpointing": segments end on finalize, end of stream or the window
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,12 @@ class VadConfig:
         segment before ``max_segment_s`` does ("no endpointing" in the protocols that offer it)."""
         return (int((self.max_segment_s - self.split_search_s) * 1000) - self.preroll_ms - self.start_window_ms
                 - 3 * self.frame_ms)
+
+    def fit_silence_ms(self, silence_ms: int) -> int:
+        """A client's pause length made valid here: at least ``SHORTEST_CLIENT_SILENCE_MS``
+        (webrtcvad decides per 10-30 ms frame; a shorter pause would split at every
+        consonant), at most :attr:`longest_silence_ms` (``ENDLESS_SILENCE_MS`` lands there)."""
+        return max(SHORTEST_CLIENT_SILENCE_MS, min(silence_ms, self.longest_silence_ms))
 
 
 class SegmenterState(enum.Enum):
@@ -216,11 +228,10 @@ class Segmenter:
     def set_silence_ms(self, silence_ms: int) -> None:
         """Change the pause that ends a segment, mid-stream (a protocol's turn-detection update).
 
-        Capped at :attr:`VadConfig.longest_silence_ms`; the pre-roll history grows or
+        Fitted by :meth:`VadConfig.fit_silence_ms`; the pre-roll history grows or
         shrinks with it, keeping the newest audio.
         """
-        cfg = self.config = dataclasses.replace(self.config, silence_ms=max(self.config.frame_ms, min(
-            silence_ms, self.config.longest_silence_ms)))
+        cfg = self.config = dataclasses.replace(self.config, silence_ms=self.config.fit_silence_ms(silence_ms))
         self._silence_len = cfg.samples(cfg.silence_ms)
         self._history_cap = self._preroll + self._silence_len + (self._window_frames + 1) * self._frame
         self._flags = deque(self._flags, maxlen=self._history_cap // self._frame)

@@ -19,7 +19,7 @@ TCP instead of growing server memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from server.core.events import Draft, Ended, Event, Final
 from server.core.requests import TranscribeResult
@@ -86,15 +86,6 @@ class SessionRegistry:
         self._sinks: dict[str, SessionSink] = {}
         self._empty = asyncio.Event()
         self._empty.set()
-
-    def __len__(self) -> int:
-        return len(self._sinks)
-
-    def __iter__(self) -> Iterator[SessionSink]:
-        return iter(list(self._sinks.values()))
-
-    def get(self, session_id: str) -> SessionSink | None:
-        return self._sinks.get(session_id)
 
     def add(self, sink: SessionSink) -> None:
         self._sinks[sink.id] = sink

@@ -182,7 +182,7 @@ class DgasrServer:
         if parse is None:
             return _json_response(connection, 404, {"error": "not_found", "message": f"no endpoint {path}"})
         try:
-            parse(dict(parse_qsl(query, keep_blank_values=True)))  # 400 before the upgrade
+            parse(_query(request.path))  # 400 before the upgrade
         except (ParamError, deepgram.DeepgramParamError) as exc:
             return _json_response(connection, 400, exc.to_dict())
         if self._stopping or not self.engine.ready:
@@ -207,7 +207,7 @@ class DgasrServer:
     def _session_config(self, draft_steps: int | None = None, final_steps: int | None = None,
                         silence_ms: int | None = None) -> SessionConfig:
         """A session's settings: steps clamped to the server's limits, the VAD fitted to the model's
-        window (a client's ``silence_ms`` is capped at the longest the window allows)."""
+        window (a client's ``silence_ms`` through :meth:`VadConfig.fit_silence_ms`)."""
         spec = self.engine.spec
         vad = VadConfig(
             aggressiveness=self.config.vad_aggressiveness,
@@ -216,7 +216,7 @@ class DgasrServer:
             split_search_s=min(3.0, spec.window_seconds / 4),
         )
         if silence_ms is not None:
-            vad = dataclasses.replace(vad, silence_ms=max(vad.frame_ms, min(silence_ms, vad.longest_silence_ms)))
+            vad = dataclasses.replace(vad, silence_ms=vad.fit_silence_ms(silence_ms))
         return SessionConfig(
             model=spec.name,
             draft_steps=self._steps(draft_steps, spec.draft_steps, self.config.draft_steps),
@@ -228,19 +228,19 @@ class DgasrServer:
 
     async def _listen(self, ws: ServerConnection) -> None:
         """The ``/v1/listen`` route: one native v1 session."""
-        params = ListenParams.from_query(deepgram.query_of(ws.request.path))
+        params = ListenParams.from_query(_query(ws.request.path))
         config = self._session_config(params.draft_steps, params.final_steps)
         await self._stream(ws, params.stream(), config, V1Codec())
 
     async def _deepgram(self, ws: ServerConnection) -> None:
         """The ``/deepgram/v1/listen`` route: one Deepgram live session."""
-        params = deepgram.DeepgramParams.from_query(deepgram.query_of(ws.request.path))
+        params = deepgram.DeepgramParams.from_query(_query(ws.request.path))
         await self._stream(ws, params.stream(), self._session_config(silence_ms=params.silence_ms),
                            deepgram.DeepgramCodec(params))
 
     async def _realtime(self, ws: ServerConnection) -> None:
         """The ``/v1/realtime`` route: one OpenAI Realtime transcription session (GA or legacy beta)."""
-        params = realtime.RealtimeParams.from_request(deepgram.query_of(ws.request.path),
+        params = realtime.RealtimeParams.from_request(_query(ws.request.path),
                                                       ws.request.headers.get("OpenAI-Beta"))
         await self._stream(ws, params.stream(), self._session_config(silence_ms=realtime.DEFAULT_SILENCE_MS),
                            realtime.RealtimeCodec(params))
@@ -278,6 +278,11 @@ class DgasrServer:
                 session.audio_seconds, session.segments, conn.sink.partials, conn.sink.finals,
                 conn.outbox.dropped_partials, time.monotonic() - conn.opened,
             )
+
+
+def _query(path: str) -> dict[str, str]:
+    """A request path's query parameters (the last value of a repeated one wins)."""
+    return dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
 
 
 def _admitted_connection(admission: Admission) -> type[ServerConnection]:

@@ -45,13 +45,13 @@ from server.core.pcm import (
     Encoding,
 )
 from server.core.session import Session, StreamFormat
+from server.core.vad import ENDLESS_SILENCE_MS
 from server.wire import BadFrame
 from server.wire.v1 import ECHO_LIMIT, ParamError, clip, parse_bool, parse_int
 
 __all__ = ["PATH", "DeepgramParams", "DeepgramParamError", "DeepgramCodec"]
 
 PATH = "/deepgram/v1/listen"
-NO_ENDPOINTING_MS = 3_600_000  # endpointing=false: segments end only on Finalize, CloseStream or the window
 _CHANNELS = [0, 1]  # channel_index as Deepgram sends it for mono: [channel, channel count]
 
 
@@ -113,10 +113,9 @@ class DeepgramParams:
             language = primary
         endpointing = query.get("endpointing")
         if endpointing is not None and endpointing.strip().lower() == "false":
-            silence_ms: int | None = NO_ENDPOINTING_MS
+            silence_ms: int | None = ENDLESS_SILENCE_MS  # fitted to the window by the server
         else:
             silence_ms = _integer(query, "endpointing", 0, 60_000)
-            silence_ms = None if silence_ms is None else max(silence_ms, 100)  # webrtcvad's frames are 10-30 ms
         return cls(
             model=query.get("model", "dgasr")[:ECHO_LIMIT], sample_rate=rate, language=language,
             interim_results=_flag(query, "interim_results", False), silence_ms=silence_ms,
@@ -288,11 +287,3 @@ class DeepgramCodec:
         alternative = Alternative(text, confidence, timed)
         return Results(_CHANNELS, start, round(max(end - start, 0.0), 3), final, final and not forced, forced,
                        Channel([alternative]), self._metadata)
-
-
-def query_of(path: str) -> dict[str, str]:
-    """The query parameters of a request path (last value wins, as in Deepgram's API)."""
-    from urllib.parse import parse_qsl
-
-    return dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
-

@@ -47,6 +47,7 @@ from typing import Any
 from server.core import events as ev
 from server.core.pcm import LANGUAGES, Encoding
 from server.core.session import Session, StreamFormat
+from server.core.vad import ENDLESS_SILENCE_MS
 from server.wire import Reply
 from server.wire.v1 import clip
 
@@ -55,7 +56,6 @@ __all__ = ["PATH", "RATE", "RealtimeParams", "RealtimeCodec"]
 PATH = "/v1/realtime"
 RATE = 24000  # audio/pcm and pcm16 in the Realtime API are 24 kHz
 DEFAULT_SILENCE_MS = 500  # the API's server_vad default
-MANUAL_SILENCE_MS = 3_600_000  # turn_detection null: capped by the session at the window's longest
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class RealtimeCodec:
         if turn_given:
             if turn is None:
                 self._turn = None
-                silence = MANUAL_SILENCE_MS
+                silence = ENDLESS_SILENCE_MS  # fitted to the window by the session
             elif isinstance(turn, dict) and turn.get("type") in ("server_vad", "semantic_vad"):
                 silence = turn.get("silence_duration_ms", DEFAULT_SILENCE_MS)
                 if not isinstance(silence, int) or not 0 <= silence <= 60_000:
@@ -207,7 +207,7 @@ class RealtimeCodec:
             else:
                 raise _Mistake("turn_detection must be server_vad or null", "invalid_value",
                                "session.audio.input.turn_detection")
-            configure = ev.Configure(configure.set_language, configure.language, max(silence, 100))
+            configure = ev.Configure(configure.set_language, configure.language, silence)
         return configure
 
     def encode(self, event: ev.Event) -> list[str | bytes]:
