@@ -1,4 +1,4 @@
-"""dgasr-transcribe: files in, one transcript line per file, long files split at quiet points."""
+"""dgasr-transcribe: files in, one transcript line per file, long files cut by the VAD at pauses."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import soundfile as sf
 from audio_fixtures import speech_with_pauses
 
 from server.cli.transcribe import main, read_audio
-from server.core.audio import split_long_audio
-from server.engine import TranscribeRequest
-from server.engine.denoise import run_batch
+from server.engine import Engine
 from server.engine.tiny import build_tiny_random
+from server.service.config import ServerConfig, session_config
+from server.service.files import file_session, transcribe_offline
 
 LONG = ["This recording is longer than the model window.", 0.7, "So the tool must cut it into pieces.", 0.7,
         "Each cut should fall into a pause between words.", 0.7, "And the pieces come back in order."]
 
 
-def test_transcribe_prints_one_line_per_file_in_order_and_splits_long_files(tmp_path, capsys):
-    """A 16 s file (window 8 s) is cut into pieces at pauses; each file gives exactly one line, in order."""
+def test_transcribe_prints_one_line_per_file_in_order_cut_by_the_vad_at_pauses(tmp_path, capsys):
+    """A 16 s file (window 8 s) is cut by the same VAD a live stream goes through: one segment per
+    sentence, each inside its sentence's span; each file gives exactly one line, in order."""
     long_audio, truth = speech_with_pauses(LONG)
     short_audio, _ = speech_with_pauses(["Short one."])
     sf.write(tmp_path / "long.flac", long_audio, 16000)
@@ -31,19 +32,20 @@ def test_transcribe_prints_one_line_per_file_in_order_and_splits_long_files(tmp_
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
 
-    model = build_tiny_random(seed=0)
-    expected = []
-    for path in (tmp_path / "long.flac", tmp_path / "short.wav"):
-        audio = read_audio(str(path))
-        pieces = split_long_audio(audio, 16000, model.spec.window_seconds)
-        texts = [r.text for r in run_batch(model, [TranscribeRequest(audio[a:b], 4) for a, b in pieces])]
-        expected.append(" ".join(t for t in texts if t))
-        if path.name == "long.flac":
-            assert len(pieces) >= 2
-            gaps = [(truth[i][1], truth[i + 1][0]) for i in range(len(truth) - 1)]
-            for _, cut in pieces[:-1]:  # every cut lands inside a pause, not inside a word
-                assert any(g0 - 0.05 <= cut / 16000 <= g1 + 0.05 for g0, g1 in gaps), (cut / 16000, gaps)
-    assert lines == expected
+    engine = Engine(lambda: build_tiny_random(seed=0), warmup=False).start()
+    try:
+        spec = engine.wait_ready().spec
+        config = session_config(ServerConfig(), spec, final_steps=4)
+        audios = [read_audio(str(tmp_path / name)) for name in ("long.flac", "short.wav")]
+        results = transcribe_offline(engine, [(file_session(config, None), a) for a in audios])
+    finally:
+        engine.close()
+    assert lines == [r.text for r in results]
+    finals = results[0].finals
+    assert len(finals) == len(truth) == 4 and all(f.steps == 4 for f in finals)
+    for final, (t0, t1) in zip(finals, truth):  # every segment holds its sentence, not a piece of the next
+        assert t0 - 0.45 <= final.start <= t0 and t1 <= final.end <= t1 + 0.45, (final.start, final.end, t0, t1)
+        assert final.end - final.start <= spec.window_seconds
 
 
 def test_transcribe_exits_2_with_one_line_for_an_unreadable_file(tmp_path, capsys):

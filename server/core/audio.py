@@ -31,6 +31,7 @@ __all__ = [
     "BadAudio",
     "PcmDecoder",
     "StreamResampler",
+    "decode_audio_file",
     "find_split_point",
     "resample",
     "soundfile_args",
@@ -51,6 +52,36 @@ def soundfile_args(path: str, raw_rate: int = TARGET_RATE) -> dict:
     if str(path).lower().endswith(RAW_SUFFIXES):
         return {"samplerate": raw_rate, "channels": 1, "format": "RAW", "subtype": "PCM_16", "endian": "LITTLE"}
     return {}
+
+
+def decode_audio_file(source, name: str, raw_rate: int = TARGET_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """An audio file's samples, downmixed to mono float32 at 16 kHz.
+
+    ``source`` is a path or a binary file object (an upload); ``name`` picks headerless
+    RAW reading by its suffix (:func:`soundfile_args`). Raises :class:`BadAudio` with one
+    line saying why libsndfile could not read it, or that the file is longer than
+    ``max_seconds`` (checked from its header, before anything is decoded). The CLI and the file endpoint both read
+    through here, so the same file gives the same samples either way.
+    """
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(source, **soundfile_args(name, raw_rate)) as f:
+            rate = f.samplerate
+            if max_seconds is not None and f.frames > max_seconds * rate:
+                raise BadAudio(f"{name} is {f.frames / rate:.0f} s long, over the limit of {max_seconds:.0f} s")
+            data = f.read(dtype="float32", always_2d=True)
+    except BadAudio:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as exc:
+        why = getattr(exc, "error_string", None) or str(exc)  # libsndfile's own words, without the object's repr
+        raise BadAudio(f"cannot read {name}: {' '.join(why.split())}") from None
+    mono = data.mean(axis=1)
+    if not np.isfinite(mono).all():
+        raise BadAudio(f"cannot read {name}: samples are not finite numbers")
+    if rate != TARGET_RATE:
+        mono = resample(mono, rate, TARGET_RATE)
+    return np.ascontiguousarray(mono, dtype=np.float32)
 
 
 class BadAudio(ValueError):

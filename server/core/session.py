@@ -100,6 +100,7 @@ class SessionConfig:
     vad: VadConfig = VadConfig()
     partial_interval_ms: int = 450
     warm_start: bool = False
+    seed: int = 0  # segment i's requests are seeded seed + i: same audio, same text, any batch
 
 
 @dataclass
@@ -322,7 +323,7 @@ class Session:
 
     def _job(self, segment: _Segment, kind: JobKind, steps: int) -> Job:
         canvas = segment.canvas if self.config.warm_start else None
-        request = TranscribeRequest(segment.audio(), steps, self.stream.language, seed=segment.index,
+        request = TranscribeRequest(segment.audio(), steps, self.stream.language, seed=self.config.seed + segment.index,
                                     start_canvas=canvas, word_timings=kind is JobKind.FINAL)
         return Job(self.id, segment.index, kind, request, end=segment.length)
 

@@ -1,10 +1,19 @@
-"""The server's settings, as one frozen value (filled by :mod:`server.cli.options` or by tests)."""
+"""The server's settings, as one frozen value (filled by :mod:`server.cli.options` or by tests),
+and :func:`session_config`: how those settings and a model become one session's settings.
+
+``session_config`` is shared by every way audio enters (the websocket protocols, the file
+endpoint and ``dgasr-transcribe``), so the same audio is cut into the same segments with
+the same steps and seeds, and gives the same text, whichever way it came in.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["ServerConfig"]
+from server.core.session import SessionConfig
+from server.core.vad import VadConfig
+
+__all__ = ["ServerConfig", "clamp_steps", "max_steps", "session_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +35,41 @@ class ServerConfig:
     max_batch: int = 16
     idle_timeout: float = 30.0
     max_frame_bytes: int = 1 << 20
+    max_upload_bytes: int = 25 << 20  # POST /v1/audio/transcriptions (OpenAI's own limit: 25 MB)
     warm_start: bool = False
     log_level: str = "INFO"
     whisper: str | None = None  # per-part overrides: HF repo id or directory
     backbone: str | None = None
     adapter: str | None = None
+
+
+def max_steps(config: ServerConfig, spec) -> int:
+    """The most denoising steps any request may ask for: the server's cap within the model's."""
+    return min(config.max_steps or spec.max_steps, spec.max_steps)
+
+
+def clamp_steps(config: ServerConfig, spec, asked: int | None, model_default: int, server_default: int | None) -> int:
+    return max(1, min(asked or server_default or model_default, max_steps(config, spec)))
+
+
+def session_config(config: ServerConfig, spec, draft_steps: int | None = None, final_steps: int | None = None,
+                   silence_ms: int | None = None, seed: int = 0) -> SessionConfig:
+    """A session's settings: steps clamped to the server's limits, the VAD fitted to the model's
+    window (a client's ``silence_ms`` through :meth:`VadConfig.fit_silence_ms`)."""
+    vad = VadConfig(
+        aggressiveness=config.vad_aggressiveness,
+        silence_ms=config.silence_ms,
+        max_segment_s=max(2.0, spec.window_seconds - 0.5),
+        split_search_s=min(3.0, spec.window_seconds / 4),
+    )
+    if silence_ms is not None:
+        vad = dataclasses.replace(vad, silence_ms=vad.fit_silence_ms(silence_ms))
+    return SessionConfig(
+        model=spec.name,
+        draft_steps=clamp_steps(config, spec, draft_steps, spec.draft_steps, config.draft_steps),
+        final_steps=clamp_steps(config, spec, final_steps, spec.final_steps, config.final_steps),
+        vad=vad,
+        partial_interval_ms=config.partial_interval_ms,
+        warm_start=config.warm_start,
+        seed=seed,
+    )

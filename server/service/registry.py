@@ -96,6 +96,10 @@ class SessionRegistry:
         if not self._sinks:
             self._empty.set()
 
+    @property
+    def empty(self) -> bool:
+        return not self._sinks
+
     async def wait_empty(self) -> None:
         await self._empty.wait()
 

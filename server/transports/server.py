@@ -23,7 +23,6 @@ their finals and ``closed`` sent), wait for them, stop the engine loop.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import http
 import json
 import logging
@@ -39,14 +38,16 @@ from werkzeug.routing import Map, Rule
 
 from server.core.scheduler import Scheduler
 from server.core.session import Session, SessionConfig, StreamFormat
-from server.core.vad import VadConfig
 from server.engine import Engine
 from server.service.admission import Admission, Limits
-from server.service.config import ServerConfig
+from server.service.config import ServerConfig, clamp_steps, max_steps
+from server.service.config import session_config as make_session_config
 from server.service.loop import EngineLoop
 from server.service.registry import SessionRegistry
+from server.transports.files import FileEndpoint
+from server.transports.http import FrontDoor, Route, serve_exchange
 from server.transports.stream import Codec, StreamConnection
-from server.wire import deepgram, realtime
+from server.wire import deepgram, openai_audio, realtime
 from server.wire.v1 import LISTEN_PATH, ListenParams, ParamError, V1Codec
 
 __all__ = ["DgasrServer"]
@@ -87,6 +88,11 @@ class DgasrServer:
         self._ws: Server | None = None
         self._loop_task: asyncio.Task | None = None
         self._closed = asyncio.Event()
+        self._exchanges: set[asyncio.Task] = set()  # HTTP requests being answered (POST uploads)
+        self.files = FileEndpoint(self)
+        self._http_routes = {openai_audio.PATH: Route("POST", self.files.transcriptions,
+                                                      max_body=config.max_upload_bytes + 64 * 1024,
+                                                      read_timeout=config.idle_timeout)}
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -110,7 +116,7 @@ class DgasrServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            create_connection=_admitted_connection(self.admission),
+            create_connection=_admitted_connection(self.admission, self._http_exchange, self.config.handshake_timeout),
             open_timeout=self.config.handshake_timeout,
             # The closing handshake waits this long for the client's close frame; a client
             # that does not read would otherwise hold every close (and shutdown) 10 s.
@@ -134,11 +140,12 @@ class DgasrServer:
         log.info("shutting down: finalizing %d session(s)", len(self.connections))
         for conn in list(self.connections.values()):
             conn.shutdown()
-        if self.connections:
-            try:
-                await asyncio.wait_for(self.registry.wait_empty(), timeout)
-            except TimeoutError:
-                log.warning("%d session(s) did not finish within %g s", len(self.connections), timeout)
+        try:  # live sessions flush their finals; file transcriptions finish theirs
+            await asyncio.wait_for(self.registry.wait_empty(), timeout)
+            if self._exchanges:
+                await asyncio.wait_for(asyncio.gather(*self._exchanges, return_exceptions=True), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("%d session(s) did not finish within %g s", len(self.connections), timeout)
         if self._ws is not None:
             self._ws.close()
             await self._ws.wait_closed()
@@ -149,6 +156,20 @@ class DgasrServer:
         self._closed.set()
 
     # ---- HTTP side ---------------------------------------------------------
+
+    async def _http_exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        """A socket whose request is not a GET (:class:`FrontDoor`): one HTTP request and answer."""
+        task = asyncio.current_task()
+        self._exchanges.add(task)
+        try:
+            await serve_exchange(reader, writer, self._http_routes, self.admission, peer,
+                                 self.config.handshake_timeout)
+        finally:
+            self._exchanges.discard(task)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def _models_body(self) -> dict:
         if not self.engine.ready:
@@ -161,9 +182,9 @@ class DgasrServer:
                 "languages": list(spec.languages),
                 "window_seconds": spec.window_seconds,
                 "sample_rate": spec.sample_rate,
-                "draft_steps": self._steps(None, spec.draft_steps, self.config.draft_steps),
-                "final_steps": self._steps(None, spec.final_steps, self.config.final_steps),
-                "max_steps": self._max_steps(),
+                "draft_steps": clamp_steps(self.config, spec, None, spec.draft_steps, self.config.draft_steps),
+                "final_steps": clamp_steps(self.config, spec, None, spec.final_steps, self.config.final_steps),
+                "max_steps": max_steps(self.config, spec),
                 "device": str(self.engine.model.device),
             }],
         }
@@ -178,6 +199,10 @@ class DgasrServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.engine.state.value}\n")
         if path == "/v1/models":
             return _json_response(connection, 200, self._models_body())
+        if path in self._http_routes:  # a POST endpoint asked with GET
+            response = _json_response(connection, 405, openai_audio.error_body(f"{path} takes POST, not GET"))
+            response.headers["Allow"] = "POST"
+            return response
         parse = self._params.get(path)
         if parse is None:
             return _json_response(connection, 404, {"error": "not_found", "message": f"no endpoint {path}"})
@@ -198,51 +223,27 @@ class DgasrServer:
 
     # ---- sessions ----------------------------------------------------------
 
-    def _max_steps(self) -> int:
-        return min(self.config.max_steps or self.engine.spec.max_steps, self.engine.spec.max_steps)
-
-    def _steps(self, asked: int | None, model_default: int, server_default: int | None) -> int:
-        return max(1, min(asked or server_default or model_default, self._max_steps()))
-
-    def _session_config(self, draft_steps: int | None = None, final_steps: int | None = None,
+    def session_config(self, draft_steps: int | None = None, final_steps: int | None = None,
                         silence_ms: int | None = None) -> SessionConfig:
-        """A session's settings: steps clamped to the server's limits, the VAD fitted to the model's
-        window (a client's ``silence_ms`` through :meth:`VadConfig.fit_silence_ms`)."""
-        spec = self.engine.spec
-        vad = VadConfig(
-            aggressiveness=self.config.vad_aggressiveness,
-            silence_ms=self.config.silence_ms,
-            max_segment_s=max(2.0, spec.window_seconds - 0.5),
-            split_search_s=min(3.0, spec.window_seconds / 4),
-        )
-        if silence_ms is not None:
-            vad = dataclasses.replace(vad, silence_ms=vad.fit_silence_ms(silence_ms))
-        return SessionConfig(
-            model=spec.name,
-            draft_steps=self._steps(draft_steps, spec.draft_steps, self.config.draft_steps),
-            final_steps=self._steps(final_steps, spec.final_steps, self.config.final_steps),
-            vad=vad,
-            partial_interval_ms=self.config.partial_interval_ms,
-            warm_start=self.config.warm_start,
-        )
+        return make_session_config(self.config, self.engine.spec, draft_steps, final_steps, silence_ms)
 
     async def _listen(self, ws: ServerConnection) -> None:
         """The ``/v1/listen`` route: one native v1 session."""
         params = ListenParams.from_query(_query(ws.request.path))
-        config = self._session_config(params.draft_steps, params.final_steps)
+        config = self.session_config(params.draft_steps, params.final_steps)
         await self._stream(ws, params.stream(), config, V1Codec())
 
     async def _deepgram(self, ws: ServerConnection) -> None:
         """The ``/deepgram/v1/listen`` route: one Deepgram live session."""
         params = deepgram.DeepgramParams.from_query(_query(ws.request.path))
-        await self._stream(ws, params.stream(), self._session_config(silence_ms=params.silence_ms),
+        await self._stream(ws, params.stream(), self.session_config(silence_ms=params.silence_ms),
                            deepgram.DeepgramCodec(params))
 
     async def _realtime(self, ws: ServerConnection) -> None:
         """The ``/v1/realtime`` route: one OpenAI Realtime transcription session (GA or legacy beta)."""
         params = realtime.RealtimeParams.from_request(_query(ws.request.path),
                                                       ws.request.headers.get("OpenAI-Beta"))
-        await self._stream(ws, params.stream(), self._session_config(silence_ms=realtime.DEFAULT_SILENCE_MS),
+        await self._stream(ws, params.stream(), self.session_config(silence_ms=realtime.DEFAULT_SILENCE_MS),
                            realtime.RealtimeCodec(params))
 
     async def _stream(self, ws: ServerConnection, stream: StreamFormat, config: SessionConfig, codec: Codec) -> None:
@@ -285,22 +286,15 @@ def _query(path: str) -> dict[str, str]:
     return dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
 
 
-def _admitted_connection(admission: Admission) -> type[ServerConnection]:
-    """websockets' connection class, counted by ``admission`` from accept to loss (its own hooks)."""
+def _admitted_connection(admission: Admission, http, timeout: float):
+    """websockets' connection factory: each socket starts at a :class:`FrontDoor` (counted by
+    ``admission`` from accept), which hands GET requests to the websockets connection below
+    (still counted until it is lost) and other methods to ``http``."""
 
     class AdmittedConnection(ServerConnection):
-        peer_ip = "?"
-        _arrived = False
-        _pending = False
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            peer = transport.get_extra_info("peername")
-            self.peer_ip = str(peer[0]) if peer else "?"
-            if not admission.arrive(self.peer_ip):
-                transport.abort()  # before a byte is read: the handshake fails at once, quietly
-                return
-            self._arrived = self._pending = True
+        peer_ip = "?"  # set by the FrontDoor, which has counted the socket already
+        _arrived = True
+        _pending = True
 
         def handshake_over(self) -> None:
             if self._pending:
@@ -314,4 +308,7 @@ def _admitted_connection(admission: Admission) -> type[ServerConnection]:
                 self._arrived = False
             super().connection_lost(exc)
 
-    return AdmittedConnection
+    def create(*args, **kwargs) -> FrontDoor:
+        return FrontDoor(AdmittedConnection(*args, **kwargs), admission, http, timeout)
+
+    return create
