@@ -31,6 +31,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max_batch", int, "requests per engine batch (1 disables batching)"),
     ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
     ("max_frame_bytes", int, "largest websocket frame accepted"),
+    ("max_upload_bytes", int, "largest POST /v1/audio/transcriptions body; bigger ones get HTTP 413"),
     ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
     ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
     ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
@@ -64,9 +65,10 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     args = parser.parse_args(argv)
     if not 0 <= args.vad_aggressiveness <= 3:
         parser.error("--vad-aggressiveness must be 0-3")
-    if min(args.max_batch, args.max_sessions, args.max_connections_per_address, args.max_pending_handshakes) < 1:
-        parser.error("--max-batch, --max-sessions, --max-connections-per-address and --max-pending-handshakes "
-                     "must be at least 1")
+    if min(args.max_batch, args.max_sessions, args.max_connections_per_address, args.max_pending_handshakes,
+           args.max_upload_bytes) < 1:
+        parser.error("--max-batch, --max-sessions, --max-connections-per-address, --max-pending-handshakes "
+                     "and --max-upload-bytes must be at least 1")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
     return ServerConfig(**vars(args))
