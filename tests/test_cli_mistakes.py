@@ -37,6 +37,11 @@ def _one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
     (["--port", "99999"], "--port must be 0-65535"),
     (["--vad-aggressiveness", "7"], "0-3"),
     (["--port", "nine"], "invalid int value"),
+    (["--tls-cert", "/nonexistent/cert.pem"], "go together"),
+    (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "no such file"),
+    (["--auth-token-file", "/nonexistent/token"], "cannot read the auth token file"),
+    (["--auth-token", " "], "the auth token is empty"),
+    (["--log-format", "xml"], "text or json"),
 ])
 def test_server_bad_options_exit_2_with_one_line(args, words):
     line = _one_line_error(_run("-m", "server", *args), 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from server.service.access import read_token
 from server.service.config import ServerConfig
 
 __all__ = ["ServerConfig", "parse_args"]
@@ -32,10 +33,25 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("idle_timeout", float, "seconds without audio or keepalive before a session is closed"),
     ("max_frame_bytes", int, "largest websocket frame accepted"),
     ("max_upload_bytes", int, "largest POST /v1/audio/transcriptions body; bigger ones get HTTP 413"),
+    ("drain_timeout", float, "on SIGTERM, seconds open sessions get to receive their finals before exit"),
+    ("auth_token", str, "require this token (Authorization: Bearer/Token, or ?token=) on every endpoint but "
+                        "/healthz and /readyz"),
+    ("auth_token_file", str, "read the auth token from the first line of this file"),
+    ("allowed_origins", str, "comma-separated websocket Origins allowed (browsers); others get 403"),
+    ("tls_cert", str, "PEM certificate (chain): serve wss:// and https://"),
+    ("tls_key", str, "PEM private key for --tls-cert"),
     ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
+    ("log_format", str, "text | json (one JSON object per line)"),
     ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
     ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
     ("adapter", str, "projector + LoRA adapter: HF repo id or directory (overrides the model's)"),
+]
+
+
+_FLAGS: list[tuple[str, str]] = [
+    ("warm_start", "start each final (and draft) from the segment's last draft canvas"),
+    ("server_details", "name the Python/websockets versions in the Server header and the device in /v1/models"),
+    ("log_transcripts", "write transcripts into the logs (off: logs never hold what was said)"),
 ]
 
 
@@ -51,18 +67,36 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     )
     for name, kind, help_text in _OPTIONS:
         env = f"DGASR_{name.upper()}"
-        default = getattr(defaults, name)
+        default = getattr(defaults, name, None)
+        if isinstance(default, tuple):
+            default = ",".join(default)
         if env in environ:
             try:
                 default = kind(environ[env])
             except ValueError:
                 parser.error(f"{env}={environ[env]!r} is not a valid {kind.__name__}")
+        shown = "none" if default in (None, "") else ("(set)" if name.startswith("auth_token") else default)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
-                            help=f"{help_text} (env {env}; default: {default})")
-    warm = environ.get("DGASR_WARM_START", "").lower() in ("1", "true", "yes", "on")
-    parser.add_argument("--warm-start", action="store_true", default=warm,
-                        help="start each final (and draft) from the segment's last draft canvas (env DGASR_WARM_START)")
+                            help=f"{help_text} (env {env}; default: {shown})")
+    for flag, help_text in _FLAGS:
+        env = f"DGASR_{flag.upper()}"
+        parser.add_argument(f"--{flag.replace('_', '-')}", action="store_true",
+                            default=environ.get(env, "").lower() in ("1", "true", "yes", "on"),
+                            help=f"{help_text} (env {env})")
     args = parser.parse_args(argv)
+    try:
+        args.auth_token = read_token(args.auth_token, args.auth_token_file)
+    except ValueError as exc:
+        parser.error(str(exc))
+    del args.auth_token_file
+    args.allowed_origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"{flag} {path}: no such file")
+    if args.log_format not in ("text", "json"):
+        parser.error(f"--log-format must be text or json, got {args.log_format!r}")
     if not 0 <= args.vad_aggressiveness <= 3:
         parser.error("--vad-aggressiveness must be 0-3")
     if min(args.max_batch, args.max_sessions, args.max_connections_per_address, args.max_pending_handshakes,

@@ -7,10 +7,13 @@ Exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 1 the model could not be loaded,
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import ssl
 import sys
+import time
 
 from server.cli.options import parse_args
 from server.service.config import ServerConfig
@@ -20,10 +23,32 @@ __all__ = ["cpu_threads", "main", "serve_until_signalled"]
 log = logging.getLogger("dgasr.server")
 
 
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line (time, level, logger, message; the
+    exception's text when there is one), for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config)
     return asyncio.run(serve_until_signalled(config))
 
 
@@ -69,6 +94,9 @@ async def serve_until_signalled(config: ServerConfig) -> int:
     server = DgasrServer(config, engine)
     try:  # bind first: a port in use must not cost a model load
         await server.start()  # /healthz answers while the model loads; /readyz once it is warm
+    except ssl.SSLError as exc:
+        log.error("cannot use the TLS certificate %s / key %s: %s", config.tls_cert, config.tls_key, exc.reason or exc)
+        return 2
     except OSError as exc:  # port in use, address not on this machine, no permission
         log.error("cannot listen on %s:%d: %s", config.host, config.port, _os_reason(exc))
         return 2
@@ -85,7 +113,7 @@ async def serve_until_signalled(config: ServerConfig) -> int:
         await server.shutdown()
         return 1
     await stopped
-    await server.shutdown()
+    await server.shutdown(timeout=config.drain_timeout)
     engine.close()
     log.info("stopped cleanly")
     return 0

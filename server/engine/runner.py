@@ -130,6 +130,12 @@ class Engine:
     def spec(self) -> ModelSpec:
         return self.model.spec
 
+    def device_memory_bytes(self) -> float:
+        """Memory the model holds on its CUDA device now; NaN on a CPU or before it is loaded."""
+        if self._model is None or self._model.device.type != "cuda":
+            return float("nan")
+        return float(torch.cuda.memory_allocated(self._model.device))
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish queued batches, stop the worker and release the model's memory."""
         if self.state in (EngineState.NEW, EngineState.CLOSED):

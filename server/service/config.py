@@ -37,7 +37,15 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20
     max_upload_bytes: int = 25 << 20  # POST /v1/audio/transcriptions (OpenAI's own limit: 25 MB)
     warm_start: bool = False
+    drain_timeout: float = 60.0  # on SIGTERM: seconds open sessions get to receive their finals
+    auth_token: str | None = dataclasses.field(default=None, repr=False)  # None: no token needed (service.access)
+    allowed_origins: tuple[str, ...] = ()  # websocket Origin headers accepted; empty: any
+    server_details: bool = False  # Server header and /v1/models name versions and the device
+    tls_cert: str | None = None  # PEM files: wss:// and https:// on the same port
+    tls_key: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
+    log_transcripts: bool = False  # transcripts in the logs (never by default)
     whisper: str | None = None  # per-part overrides: HF repo id or directory
     backbone: str | None = None
     adapter: str | None = None

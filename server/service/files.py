@@ -37,6 +37,7 @@ from server.core.session import (
     StreamFormat,
 )
 from server.service.loop import EngineLoop
+from server.service.metrics import ProtocolMetrics
 from server.service.registry import SessionRegistry, SessionSink
 
 __all__ = ["FEED_SECONDS", "FileResult", "file_session", "transcribe_offline", "transcribe_served"]
@@ -99,7 +100,8 @@ def transcribe_offline(engine, files: list[tuple[Session, np.ndarray]], batch_si
 
 
 async def transcribe_served(session: Session, audio: np.ndarray, registry: SessionRegistry, loop: EngineLoop,
-                            on_final: Callable[[Final], None] | None = None) -> FileResult:
+                            on_final: Callable[[Final], None] | None = None,
+                            metrics: ProtocolMetrics | None = None) -> FileResult:
     """One file's finals through the server's engine loop, as one more registered session.
 
     Audio goes in only while the session has room (at most a few finals in the works),
@@ -114,8 +116,10 @@ async def transcribe_served(session: Session, audio: np.ndarray, registry: Sessi
             on_final(event)
         return []  # nothing to send: the HTTP response is written from the result
 
-    sink = SessionSink(session, loop, collect)
+    sink = SessionSink(session, loop, collect, metrics=metrics)
     registry.add(sink)
+    if metrics is not None:
+        metrics.opened()
     try:
         for command in _chunks(audio):
             await sink.room.wait()
@@ -127,6 +131,8 @@ async def transcribe_served(session: Session, audio: np.ndarray, registry: Sessi
             if isinstance(message, Ended):
                 return result
     finally:
+        if metrics is not None:
+            metrics.closed(session.audio_seconds)
         registry.remove(session.id)
         loop.forget_session(session.id)
         if session.state not in (SessionState.CLOSED, SessionState.ABORTED):

@@ -48,13 +48,15 @@ class LoopStats:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, scheduler: Scheduler, max_batch: int, deliver: Deliver) -> None:
+    def __init__(self, engine: Engine, scheduler: Scheduler, max_batch: int, deliver: Deliver,
+                 on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.engine = engine
         self.scheduler = scheduler
         self.max_batch = max_batch
         self._deliver = deliver
+        self._on_batch = on_batch  # (size, each job's queue wait, device seconds): the metrics
         self._wake = asyncio.Event()
         self._stopping = False
         self._submitted: dict[int, float] = {}
@@ -97,8 +99,8 @@ class EngineLoop:
 
     async def _execute(self, batch: list[Job]) -> None:
         start = time.perf_counter()
-        for job in batch:
-            self.stats.queue_wait_ms.append((start - self._submitted.pop(job.id, start)) * 1000)
+        waits = [start - self._submitted.pop(job.id, start) for job in batch]
+        self.stats.queue_wait_ms.extend(w * 1000 for w in waits)
         try:
             future = self.engine.submit([job.request for job in batch])
             results = await asyncio.wrap_future(future)
@@ -114,7 +116,10 @@ class EngineLoop:
             self.stats.batches += 1
             self.stats.jobs += len(batch)
             self.stats.batch_sizes.append(len(batch))
-            self.stats.engine_ms.append((time.perf_counter() - start) * 1000)
+            seconds = time.perf_counter() - start
+            self.stats.engine_ms.append(seconds * 1000)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), waits, seconds)
         for job, result in zip(batch, results):
             self._safe_deliver(job, result, None)
 

@@ -19,6 +19,7 @@ TCP instead of growing server memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from server.core.events import Draft, Ended, Event, Final
@@ -26,9 +27,12 @@ from server.core.requests import TranscribeResult
 from server.core.scheduler import Job
 from server.core.session import Output, Session
 from server.service.loop import EngineLoop
+from server.service.metrics import ProtocolMetrics
 from server.service.outbox import Outbox
 
 __all__ = ["SessionRegistry", "SessionSink"]
+
+log = logging.getLogger("dgasr.transcripts")
 
 Encoder = Callable[[Event], list[str | bytes]]  # an event as the protocol's frames (none: not sent)
 
@@ -37,7 +41,8 @@ class SessionSink:
     """One session's way out: encoded events into its outbox, jobs into the engine loop."""
 
     def __init__(self, session: Session, loop: EngineLoop, encode: Encoder, *,
-                 max_pending_finals: int = 4, outbox_limit: int = 256, outbox_bytes: int = 256 * 1024) -> None:
+                 max_pending_finals: int = 4, outbox_limit: int = 256, outbox_bytes: int = 256 * 1024,
+                 metrics: ProtocolMetrics | None = None, log_finals: bool = False) -> None:
         self.session = session
         self.loop = loop
         self.encode = encode
@@ -47,13 +52,19 @@ class SessionSink:
         self.finals = 0
         self.room = asyncio.Event()
         self.room.set()
+        self.metrics = metrics
+        self._observe = metrics.sink_observer() if metrics is not None else None
+        self._log_finals = log_finals  # --log-transcripts: off, logs never hold what was said
 
     @property
     def id(self) -> str:
         return self.session.id
 
     def route(self, out: Output) -> None:
+        dropped = self.outbox.dropped_partials
         for event in out.events:
+            if self._observe is not None:
+                self._observe(event)
             frames = self.encode(event)
             if not frames and isinstance(event, Ended):
                 frames = [""]  # the writer must still see Ended, to close
@@ -61,8 +72,13 @@ class SessionSink:
                 self.outbox.put(event if i == len(frames) - 1 else None, frame)
             if isinstance(event, Final):
                 self.finals += 1
+                if self._log_finals:
+                    log.info("session %s final %d [%.2f-%.2f]: %s", self.id, event.segment, event.start, event.end,
+                             event.text)
             elif isinstance(event, Draft):
                 self.partials += 1
+        if self.metrics is not None and self.outbox.dropped_partials > dropped:
+            self.metrics.dropped(self.outbox.dropped_partials - dropped)
         if out.jobs:
             self.loop.submit(out.jobs)
         self.update_room()

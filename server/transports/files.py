@@ -45,6 +45,7 @@ __all__ = ["FileEndpoint", "MAX_FILE_SECONDS"]
 
 log = logging.getLogger("dgasr.files")
 
+PROTOCOL = "openai_files"  # the metrics' protocol label
 MAX_FILE_SECONDS = 2 * 3600.0  # decoded: 2 h of 16 kHz float32 is 460 MB, the most one request may hold
 
 
@@ -78,7 +79,8 @@ class FileEndpoint:
         if params.stream:
             return HttpStream(200, self._events(session, audio))
         try:
-            result = await transcribe_served(session, audio, server.registry, server.loop)
+            result = await transcribe_served(session, audio, server.registry, server.loop,
+                                             metrics=server.metrics.protocol(PROTOCOL))
         finally:
             server.admission.end_session()
         if result.problems:
@@ -122,7 +124,8 @@ class FileEndpoint:
         async def run() -> None:
             try:
                 queue.put_nowait(await transcribe_served(session, audio, self.server.registry, self.server.loop,
-                                                         on_final=queue.put_nowait))
+                                                         on_final=queue.put_nowait,
+                                                         metrics=self.server.metrics.protocol(PROTOCOL)))
             except BaseException as exc:  # noqa: BLE001 - handed to the writer, which ends the stream
                 queue.put_nowait(exc)
                 raise

@@ -26,9 +26,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 import h11
 
+from server.service.access import Access
 from server.service.admission import Admission
 
 __all__ = ["FrontDoor", "HttpRequest", "HttpResponse", "HttpStream", "Route", "json_response", "serve_exchange"]
@@ -112,7 +114,8 @@ class _Exchange:
     async def respond(self, response: HttpResponse | HttpStream) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # a response is already out
-        headers = [("Content-Type", response.content_type), ("Connection", "close"), *response.headers]
+        headers = [("Content-Type", response.content_type), ("Connection", "close"), ("Server", "dgasr"),
+                   *response.headers]
         if isinstance(response, HttpResponse):
             headers.append(("Content-Length", str(len(response.body))))
             await self.send(h11.Response(status_code=response.status, headers=headers),
@@ -125,7 +128,7 @@ class _Exchange:
 
 
 async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, routes: dict[str, Route],
-                         admission: Admission, peer: str, head_timeout: float) -> None:
+                         admission: Admission, peer: str, head_timeout: float, access: Access) -> None:
     """Read one HTTP request, answer it, close; the socket's admission slot is released at the end."""
     exchange = _Exchange(reader, writer)
     handshaking = True
@@ -139,9 +142,13 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         admission.handshake_over()
         handshaking = False
         target = request.target.decode("latin-1")
-        path = target.partition("?")[0]
+        path, _, query = target.partition("?")
         method = request.method.decode("latin-1")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        if not access.allows_headers(path, headers, dict(parse_qsl(query))):
+            return await exchange.respond(_error(401, "a valid token is required: Authorization: Bearer TOKEN "
+                                                      "(or Token TOKEN), or ?token=TOKEN",
+                                                 (("WWW-Authenticate", 'Bearer realm="dgasr"'),)))
         route = routes.get(path)
         if route is None:
             return await exchange.respond(_error(404, f"no endpoint {method} {path}"))

@@ -26,6 +26,7 @@ import asyncio
 import http
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -33,16 +34,20 @@ from urllib.parse import parse_qsl
 
 from websockets.asyncio.router import route
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import SERVER as WEBSOCKETS_SERVER
 from websockets.http11 import Request, Response
 from werkzeug.routing import Map, Rule
 
 from server.core.scheduler import Scheduler
 from server.core.session import Session, SessionConfig, StreamFormat
 from server.engine import Engine
+from server.service.access import Access, strip_token
 from server.service.admission import Admission, Limits
 from server.service.config import ServerConfig, clamp_steps, max_steps
 from server.service.config import session_config as make_session_config
 from server.service.loop import EngineLoop
+from server.service.metrics import CONTENT_TYPE, Metrics
 from server.service.registry import SessionRegistry
 from server.transports.files import FileEndpoint
 from server.transports.http import FrontDoor, Route, serve_exchange
@@ -55,6 +60,7 @@ __all__ = ["DgasrServer"]
 log = logging.getLogger("dgasr.server")
 
 CLOSE_TIMEOUT_SECONDS = 2.0
+SERVER_NAME = "dgasr"  # the Server header unless --server-details
 
 
 def _json_response(connection: ServerConnection, status: int, body: dict, retry_after: int | None = None) -> Response:
@@ -75,6 +81,8 @@ class DgasrServer:
         self.scheduler = Scheduler()
         self.loop: EngineLoop | None = None
         self.registry = SessionRegistry()
+        self.metrics = Metrics(device_memory=engine.device_memory_bytes)
+        self.access = Access(config.auth_token)
         self.admission = Admission(Limits(config.max_sessions, config.max_connections_per_address,
                                           config.max_pending_handshakes))
         self.connections: dict[str, StreamConnection] = {}  # the transport's side of each registered session
@@ -97,7 +105,8 @@ class DgasrServer:
     # ---- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        self.loop = EngineLoop(self.engine, self.scheduler, self.config.max_batch, self.registry.deliver)
+        self.loop = EngineLoop(self.engine, self.scheduler, self.config.max_batch, self.registry.deliver,
+                               on_batch=self.metrics.batch)
         self._loop_task = asyncio.create_task(self.loop.run(), name="engine-loop")
         try:
             self._ws = await self._serve()
@@ -106,7 +115,9 @@ class DgasrServer:
             await self._loop_task
             raise
         self.port = next(iter(self._ws.sockets)).getsockname()[1]
-        log.info("listening on ws://%s:%d%s", self.config.host, self.port, LISTEN_PATH)
+        scheme = "wss" if self.config.tls_cert else "ws"
+        log.info("listening on %s://%s:%d%s%s", scheme, self.config.host, self.port, LISTEN_PATH,
+                 " (token required)" if self.access.required else "")
 
     async def _serve(self) -> Server:
         routes = Map([Rule(LISTEN_PATH, endpoint=self._listen), Rule(deepgram.PATH, endpoint=self._deepgram),
@@ -123,7 +134,16 @@ class DgasrServer:
             close_timeout=CLOSE_TIMEOUT_SECONDS,
             max_size=self.config.max_frame_bytes,
             max_queue=32,
+            server_header=WEBSOCKETS_SERVER if self.config.server_details else SERVER_NAME,
+            ssl=self._tls(),
         )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
 
     async def shutdown(self, timeout: float = 60.0) -> None:
         """Stop taking sessions, flush every session's finals, close, stop the engine loop.
@@ -163,7 +183,7 @@ class DgasrServer:
         self._exchanges.add(task)
         try:
             await serve_exchange(reader, writer, self._http_routes, self.admission, peer,
-                                 self.config.handshake_timeout)
+                                 self.config.handshake_timeout, self.access)
         finally:
             self._exchanges.discard(task)
 
@@ -185,12 +205,14 @@ class DgasrServer:
                 "draft_steps": clamp_steps(self.config, spec, None, spec.draft_steps, self.config.draft_steps),
                 "final_steps": clamp_steps(self.config, spec, None, spec.final_steps, self.config.final_steps),
                 "max_steps": max_steps(self.config, spec),
-                "device": str(self.engine.model.device),
+                **({"device": str(self.engine.model.device)} if self.config.server_details else {}),
             }],
         }
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path, _, query = request.path.partition("?")
+        path = request.path.partition("?")[0]
+        if not self.access.allows_headers(path, request.headers, _raw_query(request.path)):
+            return self._unauthorized(connection)
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
@@ -199,6 +221,10 @@ class DgasrServer:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{self.engine.state.value}\n")
         if path == "/v1/models":
             return _json_response(connection, 200, self._models_body())
+        if path == "/metrics":
+            body = self.metrics.render()
+            return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]),
+                            body)
         if path in self._http_routes:  # a POST endpoint asked with GET
             response = _json_response(connection, 405, openai_audio.error_body(f"{path} takes POST, not GET"))
             response.headers["Allow"] = "POST"
@@ -206,6 +232,12 @@ class DgasrServer:
         parse = self._params.get(path)
         if parse is None:
             return _json_response(connection, 404, {"error": "not_found", "message": f"no endpoint {path}"})
+        origin = request.headers.get("Origin")
+        # Browsers send Origin, other clients do not. Checked here rather than by websockets'
+        # own origins= option, which answers the same 403 but logs each refusal as an error
+        # with a traceback: a foreign page could fill the logs.
+        if origin is not None and self.config.allowed_origins and origin not in self.config.allowed_origins:
+            return _json_response(connection, 403, {"error": "forbidden", "message": f"origin {origin} is not allowed"})
         try:
             parse(_query(request.path))  # 400 before the upgrade
         except (ParamError, deepgram.DeepgramParamError) as exc:
@@ -216,6 +248,12 @@ class DgasrServer:
         if self.admission.full:
             return self._full(connection)
         return None  # the router hands it to the route's handler
+
+    def _unauthorized(self, connection: ServerConnection) -> Response:
+        response = _json_response(connection, 401, {"error": "unauthorized", "message": "a valid token is required: "
+                                                    "Authorization: Bearer TOKEN (or Token TOKEN), or ?token=TOKEN"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dgasr"'
+        return response
 
     def _full(self, connection: ServerConnection) -> Response:
         message = f"server is full ({self.config.max_sessions} sessions)"
@@ -231,22 +269,23 @@ class DgasrServer:
         """The ``/v1/listen`` route: one native v1 session."""
         params = ListenParams.from_query(_query(ws.request.path))
         config = self.session_config(params.draft_steps, params.final_steps)
-        await self._stream(ws, params.stream(), config, V1Codec())
+        await self._stream(ws, params.stream(), config, V1Codec(), "v1")
 
     async def _deepgram(self, ws: ServerConnection) -> None:
         """The ``/deepgram/v1/listen`` route: one Deepgram live session."""
         params = deepgram.DeepgramParams.from_query(_query(ws.request.path))
         await self._stream(ws, params.stream(), self.session_config(silence_ms=params.silence_ms),
-                           deepgram.DeepgramCodec(params))
+                           deepgram.DeepgramCodec(params), "deepgram")
 
     async def _realtime(self, ws: ServerConnection) -> None:
         """The ``/v1/realtime`` route: one OpenAI Realtime transcription session (GA or legacy beta)."""
         params = realtime.RealtimeParams.from_request(_query(ws.request.path),
                                                       ws.request.headers.get("OpenAI-Beta"))
         await self._stream(ws, params.stream(), self.session_config(silence_ms=realtime.DEFAULT_SILENCE_MS),
-                           realtime.RealtimeCodec(params))
+                           realtime.RealtimeCodec(params), "realtime")
 
-    async def _stream(self, ws: ServerConnection, stream: StreamFormat, config: SessionConfig, codec: Codec) -> None:
+    async def _stream(self, ws: ServerConnection, stream: StreamFormat, config: SessionConfig, codec: Codec,
+                      protocol: str) -> None:
         ws.handshake_over()
         # Sessions are counted here, where one really starts, and nowhere else. Handshakes
         # that raced past the 503 check are refused with 1013 "try again later".
@@ -254,13 +293,16 @@ class DgasrServer:
             await ws.close(1013, "server is full" if not self._stopping else "server is shutting down")
             return
         try:
-            await self._run_session(ws, Session(uuid.uuid4().hex[:12], stream, config), codec)
+            await self._run_session(ws, Session(uuid.uuid4().hex[:12], stream, config), codec, protocol)
         finally:
             self.admission.end_session()
 
-    async def _run_session(self, ws: ServerConnection, session: Session, codec: Codec) -> None:
+    async def _run_session(self, ws: ServerConnection, session: Session, codec: Codec, protocol: str) -> None:
         assert self.loop is not None
-        conn = StreamConnection(ws, session, self.loop, codec, idle_timeout=self.config.idle_timeout)
+        metrics = self.metrics.protocol(protocol)
+        conn = StreamConnection(ws, session, self.loop, codec, idle_timeout=self.config.idle_timeout, metrics=metrics,
+                                log_finals=self.config.log_transcripts)
+        metrics.opened()
         self.connections[session.id] = conn
         self.registry.add(conn.sink)
         stream = session.stream
@@ -270,6 +312,7 @@ class DgasrServer:
         try:
             await conn.run()
         finally:
+            metrics.closed(session.audio_seconds)
             del self.connections[session.id]
             self.registry.remove(session.id)
             self.feed_stats.append((conn.feed_seconds, session.audio_seconds))
@@ -281,9 +324,14 @@ class DgasrServer:
             )
 
 
-def _query(path: str) -> dict[str, str]:
+def _raw_query(path: str) -> dict[str, str]:
     """A request path's query parameters (the last value of a repeated one wins)."""
     return dict(parse_qsl(path.partition("?")[2], keep_blank_values=True))
+
+
+def _query(path: str) -> dict[str, str]:
+    """The query a protocol sees: without the access token (never parsed, logged or echoed)."""
+    return strip_token(_raw_query(path))[0]
 
 
 def _admitted_connection(admission: Admission, http, timeout: float):

@@ -34,6 +34,7 @@ from server.core.events import (
 )
 from server.core.session import Output, Session, SessionState
 from server.service.loop import EngineLoop
+from server.service.metrics import ProtocolMetrics
 from server.service.registry import SessionSink
 from server.wire import BadFrame, Reply
 
@@ -72,13 +73,15 @@ class StreamConnection:
         max_pending_finals: int = 4,
         outbox_limit: int = 256,
         drain_timeout: float = 120.0,
+        metrics: ProtocolMetrics | None = None,
+        log_finals: bool = False,
     ) -> None:
         self.ws = ws
         self.session = session
         self.loop = loop
         self.codec = codec
         self.sink = SessionSink(session, loop, codec.encode, max_pending_finals=max_pending_finals,
-                                outbox_limit=outbox_limit)
+                                outbox_limit=outbox_limit, metrics=metrics, log_finals=log_finals)
         self.outbox = self.sink.outbox
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
