@@ -77,7 +77,7 @@ def test_cli_exits_4_with_one_line_when_server_unreachable(tmp_path: Path, capsy
     ("path", "max_sessions", "expected"),
     [
         ("/v1/listen?bogus=1", 64, "server refused the connection (HTTP 400 Bad Request): bogus: unknown parameter; "
-                                   "known: draft_steps, encoding, final_steps, interim_results, language, sample_rate"),
+                                   "known: draft_steps, encoding, final_steps, interim_results, language, room, sample_rate, speaker"),
         ("", 1, "server is busy (HTTP 503); retry after 2 s: server is full (1 sessions)"),
     ],
     ids=["http-400-bad-parameter", "http-503-full"],

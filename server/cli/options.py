@@ -40,12 +40,20 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("allowed_origins", str, "comma-separated websocket Origins allowed (browsers); others get 403"),
     ("tls_cert", str, "PEM certificate (chain): serve wss:// and https://"),
     ("tls_key", str, "PEM private key for --tls-cert"),
+    ("db", str, "where rooms' transcripts are kept: a SQLite file"),
+    ("room_idle_timeout", float, "seconds a room stays in the live list after its last participant left"),
     ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", str, "text | json (one JSON object per line)"),
     ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),
     ("backbone", str, "DiffusionGemma backbone: HF repo id or directory (overrides the model's)"),
     ("adapter", str, "projector + LoRA adapter: HF repo id or directory (overrides the model's)"),
 ]
+
+
+def default_db(environ) -> str:
+    """``$XDG_DATA_HOME/dgasr/rooms.sqlite3`` (``~/.local/share/dgasr/rooms.sqlite3``)."""
+    base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "dgasr", "rooms.sqlite3")
 
 
 _FLAGS: list[tuple[str, str]] = [
@@ -67,7 +75,7 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     )
     for name, kind, help_text in _OPTIONS:
         env = f"DGASR_{name.upper()}"
-        default = getattr(defaults, name, None)
+        default = getattr(defaults, name, None) if name != "db" else default_db(environ)
         if isinstance(default, tuple):
             default = ",".join(default)
         if env in environ:

@@ -43,6 +43,8 @@ class ServerConfig:
     server_details: bool = False  # Server header and /v1/models name versions and the device
     tls_cert: str | None = None  # PEM files: wss:// and https:// on the same port
     tls_key: str | None = None
+    db: str | None = None  # rooms' transcripts: a SQLite file (None: in memory; the CLI names a file)
+    room_idle_timeout: float = 300.0  # seconds a room stays live after its last participant left
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
     log_transcripts: bool = False  # transcripts in the logs (never by default)

@@ -53,7 +53,7 @@ class SessionSink:
         self.room = asyncio.Event()
         self.room.set()
         self.metrics = metrics
-        self._observe = metrics.sink_observer() if metrics is not None else None
+        self._observers: list[Callable[[Event], None]] = [metrics.sink_observer()] if metrics is not None else []
         self._log_finals = log_finals  # --log-transcripts: off, logs never hold what was said
 
     @property
@@ -63,8 +63,8 @@ class SessionSink:
     def route(self, out: Output) -> None:
         dropped = self.outbox.dropped_partials
         for event in out.events:
-            if self._observe is not None:
-                self._observe(event)
+            for observe in self._observers:
+                observe(event)
             frames = self.encode(event)
             if not frames and isinstance(event, Ended):
                 frames = [""]  # the writer must still see Ended, to close
@@ -82,6 +82,10 @@ class SessionSink:
         if out.jobs:
             self.loop.submit(out.jobs)
         self.update_room()
+
+    def add_observer(self, observe: Callable[[Event], None]) -> None:
+        """Also show every routed event to ``observe`` (a room the session publishes into)."""
+        self._observers.append(observe)
 
     def send(self, message: object, frame: str | bytes) -> None:
         """A protocol's own message (v1's ``ready``): never dropped."""

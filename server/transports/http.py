@@ -29,11 +29,15 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 import h11
+from websockets.asyncio.server import ServerConnection
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map
 
-from server.service.access import Access
+from server.service.access import Access, strip_token
 from server.service.admission import Admission
 
-__all__ = ["FrontDoor", "HttpRequest", "HttpResponse", "HttpStream", "Route", "json_response", "serve_exchange"]
+__all__ = ["FrontDoor", "HttpRequest", "HttpResponse", "HttpStream", "Route", "admitted_connection", "json_response",
+           "serve_exchange"]
 
 log = logging.getLogger("dgasr.http")
 
@@ -48,6 +52,7 @@ class HttpRequest:
     headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
     body: bytes
     peer: str
+    query: dict[str, str] = field(default_factory=dict)  # without the access token
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,15 @@ class HttpStream:
     headers: tuple[tuple[str, str], ...] = (("Cache-Control", "no-cache"),)
 
 
-Handler = Callable[[HttpRequest], Awaitable[HttpResponse | HttpStream]]
+Handler = Callable[..., Awaitable[HttpResponse | HttpStream]]  # (request, **path parameters)
 
 
 @dataclass(frozen=True)
 class Route:
-    method: str
+    """What a werkzeug ``Rule``'s endpoint is here: the handler and the limits on its body."""
+
     handler: Handler
-    max_body: int  # bytes: a bigger body is answered 413 before it is read
+    max_body: int = 0  # bytes: a bigger body is answered 413 before it is read
     read_timeout: float = 30.0
 
 
@@ -127,7 +133,7 @@ class _Exchange:
         await self.send(h11.EndOfMessage())
 
 
-async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, routes: dict[str, Route],
+async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, routes: Map,
                          admission: Admission, peer: str, head_timeout: float, access: Access) -> None:
     """Read one HTTP request, answer it, close; the socket's admission slot is released at the end."""
     exchange = _Exchange(reader, writer)
@@ -145,16 +151,18 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         path, _, query = target.partition("?")
         method = request.method.decode("latin-1")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        if not access.allows_headers(path, headers, dict(parse_qsl(query))):
+        raw_query = dict(parse_qsl(query, keep_blank_values=True))
+        if not access.allows_headers(path, headers, raw_query):
             return await exchange.respond(_error(401, "a valid token is required: Authorization: Bearer TOKEN "
                                                       "(or Token TOKEN), or ?token=TOKEN",
                                                  (("WWW-Authenticate", 'Bearer realm="dgasr"'),)))
-        route = routes.get(path)
-        if route is None:
+        try:
+            route, args = routes.bind("dgasr").match(path, method)
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            return await exchange.respond(_error(405, f"{path} takes {allowed}, not {method}", (("Allow", allowed),)))
+        except HTTPException:  # NotFound, or a redirect werkzeug would suggest for a trailing slash
             return await exchange.respond(_error(404, f"no endpoint {method} {path}"))
-        if method != route.method:
-            return await exchange.respond(_error(405, f"{path} takes {route.method}, not {method}",
-                                                 (("Allow", route.method),)))
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > route.max_body:
             return await exchange.respond(_error(413, f"request body of {int(declared)} bytes is over the "
@@ -171,7 +179,8 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                                                                   f"{route.max_body} bytes"))
         except TimeoutError:
             return await exchange.respond(_error(408, f"no request body bytes for {route.read_timeout:g} s"))
-        response = await route.handler(HttpRequest(method, path, headers, bytes(body), peer))
+        response = await route.handler(HttpRequest(method, path, headers, bytes(body), peer,
+                                                   strip_token(raw_query)[0]), **args)
         await exchange.respond(response)
     except h11.RemoteProtocolError as exc:
         try:
@@ -240,3 +249,31 @@ class FrontDoor(asyncio.Protocol):
             self._counted = False
             self._admission.handshake_over()
             self._admission.leave(self._peer)
+
+
+def admitted_connection(admission: Admission, http, timeout: float):
+    """websockets' connection factory: each socket starts at a :class:`FrontDoor` (counted by
+    ``admission`` from accept), which hands GET requests to the websockets connection below
+    (still counted until it is lost) and other methods to ``http``."""
+
+    class AdmittedConnection(ServerConnection):
+        peer_ip = "?"  # set by the FrontDoor, which has counted the socket already
+        _arrived = True
+        _pending = True
+
+        def handshake_over(self) -> None:
+            if self._pending:
+                self._pending = False
+                admission.handshake_over()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._arrived:
+                self.handshake_over()
+                admission.leave(self.peer_ip)
+                self._arrived = False
+            super().connection_lost(exc)
+
+    def create(*args, **kwargs) -> FrontDoor:
+        return FrontDoor(AdmittedConnection(*args, **kwargs), admission, http, timeout)
+
+    return create

@@ -25,7 +25,6 @@ What differs from OpenAI: ``model`` is accepted whatever it names; ``prompt`` an
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import json
 import math
@@ -33,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 from server.core.events import Final
 from server.core.pcm import LANGUAGES
+from server.wire.captions import Cue, srt_document, vtt_document
 
 __all__ = ["PATH", "ResponseFormat", "TranscriptionError", "TranscriptionParams", "render",
            "sse_delta", "sse_done", "error_body"]
@@ -152,23 +152,8 @@ def _segment(i: int, final: Final) -> dict:
             "no_speech_prob": 0.0}
 
 
-def _srt(finals: Sequence[Final]) -> str:
-    import srt
-
-    return srt.compose([srt.Subtitle(i + 1, datetime.timedelta(seconds=f.start), datetime.timedelta(seconds=f.end),
-                                     f.text) for i, f in enumerate(_spoken(finals))])
-
-
-def _vtt_time(seconds: float) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
-
-
-def _vtt(finals: Sequence[Final]) -> str:
-    import webvtt
-
-    captions = [webvtt.Caption(start=_vtt_time(f.start), end=_vtt_time(f.end), text=f.text) for f in _spoken(finals)]
-    return webvtt.WebVTT(captions=captions).content
+def _cues(finals: Sequence[Final]) -> list[Cue]:
+    return [(f.start, f.end, f.text) for f in _spoken(finals)]
 
 
 def render(params: TranscriptionParams, finals: Sequence[Final], duration: float,
@@ -182,9 +167,9 @@ def render(params: TranscriptionParams, finals: Sequence[Final], duration: float
     elif fmt is ResponseFormat.TEXT:
         body = text + "\n"
     elif fmt is ResponseFormat.SRT:
-        body = _srt(finals)
+        body = srt_document(_cues(finals))
     elif fmt is ResponseFormat.VTT:
-        body = _vtt(finals)
+        body = vtt_document(_cues(finals))
     else:
         detected = next((f.language for f in finals if f.language), None) or language
         verbose: dict = {"task": "transcribe", "language": LANGUAGE_NAMES.get(detected or "", detected or "unknown"),

@@ -27,6 +27,7 @@ from server.core import pcm
 from server.core.events import ProblemCode
 from server.core.pcm import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, Encoding
 from server.core.requests import WordTiming
+from server.core.rooms import RoomError, check_name, check_speaker
 from server.core.session import Session, StreamFormat
 from server.wire import BadFrame
 
@@ -129,9 +130,11 @@ class ListenParams:
     interim_results: bool = True
     draft_steps: int | None = None
     final_steps: int | None = None
+    room: str | None = None  # publish into this meeting room (docs/protocol.md, "Rooms")
+    speaker: str | None = None  # the label the room shows for this publisher
 
     KNOWN: ClassVar[frozenset[str]] = frozenset(
-        {"sample_rate", "encoding", "language", "interim_results", "draft_steps", "final_steps"}
+        {"sample_rate", "encoding", "language", "interim_results", "draft_steps", "final_steps", "room", "speaker"}
     )
 
     @classmethod
@@ -163,6 +166,14 @@ class ListenParams:
         for name in ("draft_steps", "final_steps"):
             if name in query:
                 kwargs[name] = parse_int(name, query[name], 1, 1000)
+        for name, check in (("room", check_name), ("speaker", check_speaker)):
+            if name in query:
+                try:
+                    kwargs[name] = check(query[name])
+                except RoomError as exc:
+                    raise ParamError(name, str(exc)) from None
+        if "speaker" in kwargs and "room" not in kwargs:
+            raise ParamError("speaker", "speaker needs a room")
         return cls(**kwargs)
 
     def stream(self) -> StreamFormat:
@@ -182,6 +193,10 @@ class ListenParams:
             out["draft_steps"] = str(self.draft_steps)
         if self.final_steps is not None:
             out["final_steps"] = str(self.final_steps)
+        if self.room is not None:
+            out["room"] = self.room
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
         return out
 
 
