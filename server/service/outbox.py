@@ -16,6 +16,7 @@ import asyncio
 from collections import deque
 
 from server.core.events import Draft, Problem
+from server.core.rooms import RoomEvent
 
 __all__ = ["Outbox"]
 
@@ -53,9 +54,10 @@ class Outbox:
 
     def put(self, message: object, text: str | bytes) -> None:
         """Queue ``message`` (an event, or a protocol message) as the frame ``text``."""
-        if isinstance(message, Draft):
+        key = _draft_key(message)
+        if key is not None:
             for i, (queued, old) in enumerate(self._items):
-                if isinstance(queued, Draft) and queued.segment == message.segment:
+                if _draft_key(queued) == key:
                     self._items[i] = (message, text)  # the client only needs the newest partial
                     self._bytes += len(text) - len(old)
                     self.dropped_partials += 1
@@ -78,3 +80,13 @@ class Outbox:
         message, text = self._items.popleft()
         self._bytes -= len(text)
         return message, text
+
+
+def _draft_key(message: object) -> tuple[str, int] | None:
+    """Which partial a message is (a newer one replaces it): a session's draft by its segment,
+    a room's by its publisher's stream and segment; None for everything else."""
+    if isinstance(message, Draft):
+        return "", message.segment
+    if isinstance(message, RoomEvent) and isinstance(message.event, Draft):
+        return message.stream, message.event.segment
+    return None

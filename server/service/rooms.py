@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.core.events import Event, Final
+from server.core.events import Draft, Event, Final
 from server.core.rooms import Room, RoomEvent, check_name
 from server.service.outbox import Outbox
 from server.service.store import TranscriptStore
@@ -51,10 +51,10 @@ class Subscriber:
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, event: RoomEvent, frame: str) -> None:
-        if not isinstance(event.event, Final) or not self.outbox.full:
-            self.outbox.put(event.event, frame)  # a partial is shed when full (Outbox), the rest kept
-            return
-        self.overflowed.set()  # a final it has no room for: this reader cannot keep up
+        if isinstance(event.event, Draft) or not self.outbox.full:
+            self.outbox.put(event, frame)  # a partial replaces its stream's older one, or is shed
+        else:
+            self.overflowed.set()  # a final (or speech event) it has no room for: it cannot keep up
 
 
 @dataclass

@@ -46,6 +46,7 @@ from websockets.http11 import Request, Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from server.core.rooms import RoomError, check_name
 from server.core.scheduler import Scheduler
 from server.core.session import Session, SessionConfig, StreamFormat
 from server.engine import Engine
@@ -282,8 +283,11 @@ class DgasrServer:
                                            getattr(connection, "peer_ip", "?"), strip_token(raw_query)[0])
                 return _response(await endpoint(http_request, **args))
         try:
-            endpoint, _ = self._ws_routes.bind("dgasr", url_scheme="ws").match(path)  # the router marks its rules websocket-only
-        except HTTPException:
+            # the router marks its rules websocket-only, hence the ws scheme
+            endpoint, args = self._ws_routes.bind("dgasr", url_scheme="ws").match(path)
+            if "name" in args:
+                check_name(args["name"])  # a room that cannot exist: 404
+        except (HTTPException, RoomError):
             try:
                 self._http_routes.bind("dgasr").match(path, "GET")
             except MethodNotAllowed as exc:  # a POST endpoint asked with GET

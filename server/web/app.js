@@ -60,8 +60,14 @@ function label(el, who) {
   el.prepend(tag);
 }
 
+const speakers = new Set();
+
 function show(msg) {
   const stream = msg.stream || "";
+  if (msg.speaker && !speakers.has(msg.speaker)) {
+    speakers.add(msg.speaker);
+    say(`room ${room}: ${[...speakers].join(", ")}`);
+  }
   if (msg.type === "partial") {
     const el = partialFor(stream);
     el.textContent = msg.text;
@@ -89,7 +95,8 @@ function show(msg) {
   } else if (msg.type === "ready") {
     say(`listening (${msg.language || "automatic language"})`);
   } else if (msg.type === "room") {
-    say(`room ${msg.room}: ${msg.speakers.length ? msg.speakers.join(", ") : "waiting for speakers"}`);
+    msg.speakers.forEach((s) => speakers.add(s));
+    say(`room ${msg.room}: ${speakers.size ? [...speakers].join(", ") : "waiting for speakers"}`);
   }
 }
 
