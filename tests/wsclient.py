@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedOK
 
 from server.engine import Engine
 from server.service.config import ServerConfig
@@ -72,12 +73,15 @@ async def stream(
     async with connect(full, max_size=None) as ws:
 
         async def send() -> None:
-            for i in range(0, len(data), step):
-                await ws.send(data[i : i + step])
-                if speed:
-                    await asyncio.sleep(chunk_ms / 1000 / speed)
-            if eos:
-                await ws.send(json.dumps({"type": "eos"}))
+            try:
+                for i in range(0, len(data), step):
+                    await ws.send(data[i : i + step])
+                    if speed:
+                        await asyncio.sleep(chunk_ms / 1000 / speed)
+                if eos:
+                    await ws.send(json.dumps({"type": "eos"}))
+            except ConnectionClosedOK:  # the server ended the session (shutdown): the rest is not sent
+                pass
 
         sender = asyncio.create_task(send())
         async with asyncio.timeout(timeout):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -91,7 +92,11 @@ async def serve_until_signalled(config: ServerConfig) -> int:
         on_ready=lambda: loop.call_soon_threadsafe(loaded.set),
         threads=cpu_threads() if device.type == "cpu" else None,
     )
-    server = DgasrServer(config, engine)
+    try:
+        server = DgasrServer(config, engine)
+    except (ValueError, OSError, sqlite3.Error) as exc:  # the rooms' database: a bad path, no driver
+        log.error("cannot open the rooms database %s: %s", config.db, exc)
+        return 2
     try:  # bind first: a port in use must not cost a model load
         await server.start()  # /healthz answers while the model loads; /readyz once it is warm
     except ssl.SSLError as exc:

@@ -12,8 +12,8 @@ that wait their turn), so a slow disk slows the rooms' fan-out, never the engine
 
 Each final is committed on its own, in WAL mode with ``synchronous=FULL``: when
 ``add_final`` returns, the final is on disk, and the rooms send a final to subscribers
-only after that, so a final anyone saw survives a crash. Another backend (PostgreSQL)
-implements the same five calls.
+only after that, so a final anyone saw survives a crash. :mod:`server.service.pgstore`
+implements the same calls on PostgreSQL, for several replicas sharing one store.
 """
 
 from __future__ import annotations
@@ -169,5 +169,14 @@ class SqliteStore:
 
 
 def open_store(url: str | None) -> TranscriptStore:
-    """The store a ``--db`` value names: a SQLite file path (None: in memory, nothing kept)."""
+    """The store a ``--db`` value names: ``postgresql://...`` (shared by replicas), else a SQLite
+    file path (None: in memory, nothing kept)."""
+    if url and url.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ValueError("--db postgresql://... needs psycopg: pip install 'dgasr[postgres]'") from None
+        from server.service.pgstore import PostgresStore
+
+        return PostgresStore(url)
     return SqliteStore(url or ":memory:")
