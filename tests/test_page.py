@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import srt
 from audio_fixtures import speech_with_pauses
 from clientkit import ServerThread
 from playwright.sync_api import sync_playwright
@@ -84,11 +85,16 @@ def test_the_page_captions_a_fake_microphone_one_final_per_sentence_in_order(ser
         left = page.locator(".partial").count()
         status = page.locator("#status").text_content()
         page.screenshot(path=str(ARTIFACTS / "caption-page.png"))
+        with page.expect_download() as download:
+            page.click("#downloads button[data-format=srt]")
+        cues = list(srt.parse(Path(download.value.path()).read_text()))
         browser.close()
     assert [segment for segment, _ in finals] == ["0", "1", "2"] and len(truth) == 3
     assert all(text.strip() for _, text in finals)
     assert left == 0 and partials["seen"] > 0 and partials["max"] == 1  # one draft at a time, replaced in place
     assert "listening" in status
+    assert [c.content for c in cues] == [text for _, text in finals]  # the download holds what was shown
+    assert all(c.start < c.end for c in cues) and cues[0].start.total_seconds() >= 0.3
     assert foreign == []
 
 
@@ -125,3 +131,20 @@ def test_a_room_view_shows_both_speakers_finals_with_their_labels(server):
     for speaker_name, _, text in shown:
         assert text.startswith(speaker_name)  # the label leads the line
     assert foreign == []
+
+
+def test_the_page_says_when_the_token_is_wrong_and_keeps_retrying(tiny_engine):
+    srv = ServerThread(tiny_engine, auth_token="right-token")
+    try:
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{srv.port}/?room=locked&token=wrong-token")
+            page.wait_for_function("document.getElementById('status').textContent.includes('reconnecting')")
+            wrong = page.locator("#status").text_content()
+            page.goto(f"http://127.0.0.1:{srv.port}/?room=locked&token=right-token")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('room locked')")
+            browser.close()
+    finally:
+        srv.close()
+    assert "token" in wrong and "reconnecting in 1 s" in wrong

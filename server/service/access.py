@@ -3,7 +3,7 @@
 How this works
 --------------
 With a token configured (``--auth-token``, ``--auth-token-file`` or ``DGASR_AUTH_TOKEN``),
-every endpoint but the health checks requires it, in any of the forms clients can send:
+every endpoint but the health checks and the caption page's files requires it, in any of the forms clients can send:
 
 - ``Authorization: Bearer TOKEN``: the OpenAI SDKs' ``api_key``, curl, most tools;
 - ``Authorization: Token TOKEN``: the Deepgram SDK's ``api_key``;
@@ -24,7 +24,8 @@ from pathlib import Path
 __all__ = ["OPEN_PATHS", "TOKEN_PARAM", "Access", "read_token", "strip_token"]
 
 TOKEN_PARAM = "token"
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # load balancers and probes carry no secrets
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})  # probes carry no secrets; the page holds none
+OPEN_PREFIXES = ("/static/",)  # the page's own files: it asks for the token, the websocket checks it
 SCHEMES = ("bearer", "token")
 
 
@@ -59,7 +60,7 @@ class Access:
         return self._token is not None
 
     def allows(self, path: str, authorization: str | None, query_token: str | None) -> bool:
-        if self._token is None or path in OPEN_PATHS:
+        if self._token is None or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return True
         offered = None
         if authorization:
