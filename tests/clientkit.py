@@ -26,7 +26,7 @@ from server.engine import Engine
 from server.transports.server import DgasrServer
 from server.wire.v1 import Closed, Final, ServerMessage, parse_server_message
 
-__all__ = ["REPO", "ServerThread", "parse_jsonl", "finals", "spans", "assert_near", "write_wav", "client_process"]
+__all__ = ["REPO", "ServerThread", "server_process", "parse_jsonl", "finals", "spans", "assert_near", "write_wav", "client_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +116,25 @@ def client_process(*args: str, env: dict[str, str] | None = None, **popen) -> su
         text=True, start_new_session=True, env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"),
         **popen,
     )
+
+
+def server_process(*options: str, timeout: float = 90) -> tuple[subprocess.Popen, int]:
+    """``dgasr-server --model tiny-random --port 0 OPTIONS`` as a process, once its engine is ready;
+    returns it and the port it chose (read from its "listening on" log line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--model", "tiny-random", "--port", "0",
+                             "--log-level", "INFO", *options],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    import time
+
+    port, lines = None, [""]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (port and "engine ready" in lines[-1]):
+        lines.append(proc.stderr.readline())
+        if "listening on ws://" in lines[-1]:
+            port = int(lines[-1].split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
+        if proc.poll() is not None:
+            break
+    if not port:
+        proc.kill()
+        raise AssertionError("server did not start:\n" + "".join(lines))
+    return proc, port

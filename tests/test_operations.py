@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +20,7 @@ import openai
 import pytest
 import soundfile as sf
 from audio_fixtures import speech_with_pauses
-from clientkit import ServerThread
+from clientkit import ServerThread, server_process
 from deepgram import DeepgramClient, DeepgramClientEnvironment
 from deepgram.core.events import EventType
 from openai import OpenAI
@@ -235,18 +233,8 @@ def test_logs_hold_no_transcripts_unless_asked_and_json_logs_are_one_object_per_
 def test_sigterm_with_three_sessions_mid_speech_drains_them_all_and_exits_zero(speech):
     """/readyz turns 503 at once, a new handshake gets 503, every open segment gets its final, exit 0."""
     audio, _ = speech
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--model", "tiny-random", "--port", "0", "--log-level", "INFO",
-         "--drain-timeout", "20"],
-        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc, port = server_process("--drain-timeout", "20")
     try:
-        port, lines = None, []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (port and "engine ready" in lines[-1]):
-            lines.append(proc.stderr.readline())
-            if "listening on ws://" in lines[-1]:
-                port = int(lines[-1].split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
-        assert port, "".join(lines)
         base = f"http://127.0.0.1:{port}"
 
         async def speaker(started: asyncio.Event) -> list:

@@ -9,14 +9,12 @@ transcript is the same from either replica (the drained one restarted on the sam
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import time
 
 import httpx
 from audio_fixtures import speech_with_pauses
+from clientkit import server_process
 from services import haproxy, postgres
 from wsclient import stream
 
@@ -25,17 +23,7 @@ SPEECH = [0.3, "One stream of many through the balancer.", 0.8, "It keeps going 
 
 
 def _replica(db: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--model", "tiny-random", "--port", "0", "--db", db,
-                             "--log-level", "INFO", "--drain-timeout", "20"],
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    port, lines = None, []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not (port and "engine ready" in lines[-1]):
-        lines.append(proc.stderr.readline())
-        if "listening on ws://" in lines[-1]:
-            port = int(lines[-1].split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
-    assert port, "".join(lines)
-    return proc, port
+    return server_process("--db", db, "--drain-timeout", "20")
 
 
 def test_eight_streams_over_two_replicas_lose_no_final_when_one_drains(tmp_path):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 import soxr
 from audio_fixtures import speech_with_pauses
+from clientkit import server_process
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import assert_protocol_order, encode, running_server, stream
@@ -338,22 +336,8 @@ def test_server_health_ready_and_models_endpoints(tiny_engine):
 def test_server_sigterm_finalizes_open_segments_and_exits_zero(speech, tmp_path):
     """SIGTERM mid-sentence: the client still gets speech_stopped, its final and closed; exit 0."""
     audio, _ = speech
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--model", "tiny-random", "--port", "0", "--log-level", "INFO"],
-        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    proc, port = server_process()
     try:
-        port = None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "listening on ws://" in line:
-                port = int(line.split("ws://")[1].split("/")[0].rsplit(":", 1)[1])
-            if "engine ready" in line:
-                break
-        assert port, "".join(lines)
 
         async def scenario():
             async with connect(f"ws://127.0.0.1:{port}/v1/listen") as ws:
