@@ -64,6 +64,7 @@ examples:
   dgasr-client talk.wav                      transcribe a file, one line per final
   dgasr-client --mic                         live captions from the default microphone
   dgasr-client --format srt -o talk.srt talk.flac
+  dgasr-client --mic --room standup --speaker alice   speak into a meeting room
   arecord -f S16_LE -r 16000 -c 1 -t raw | dgasr-client --rate 16000 -
 
 exit codes:
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spoken language; auto lets the server detect it (default: auto)")
     p.add_argument("--draft-steps", type=int, metavar="N", help="diffusion steps for partials (default: the server's)")
     p.add_argument("--final-steps", type=int, metavar="N", help="diffusion steps for finals (default: the server's)")
+    p.add_argument("--room", metavar="NAME", help="publish into this meeting room (readers: /v1/rooms/NAME)")
+    p.add_argument("--speaker", metavar="LABEL", help="your label in the room (with --room)")
     p.add_argument("--no-interim", action="store_true",
                    help="do not ask for partial results (text, srt and vtt never ask for them anyway)")
     p.add_argument("--format", choices=FORMATS, default=None,
@@ -136,7 +139,7 @@ def _params(args: argparse.Namespace, fmt: str, sample_rate: int, encoding: Enco
     query = {"sample_rate": str(sample_rate), "encoding": encoding.value, "language": args.language,
              # Partials are only worth the server's time when someone looks at them.
              "interim_results": "true" if fmt in ("live", "jsonl") and not args.no_interim else "false"}
-    for name in ("draft_steps", "final_steps"):
+    for name in ("draft_steps", "final_steps", "room", "speaker"):
         if getattr(args, name) is not None:
             query[name] = str(getattr(args, name))
     return ListenParams.from_query(query)

@@ -192,3 +192,59 @@ def test_a_newer_partial_replaces_only_its_own_publishers_partial(tmp_path):
     queued = asyncio.run(scenario())
     drafts = [(e.speaker, e.event.text) for e in queued if isinstance(e.event, Draft)]
     assert drafts == [("alice", "alice 2"), ("bob", "bob 2")]
+
+
+def test_a_final_a_subscriber_saw_survives_a_crash_of_the_server(tmp_path):
+    """kill -9 right after a subscriber got a final: the restarted server still has it."""
+    import signal as _signal
+
+    from clientkit import server_process
+
+    audio, _ = speech_with_pauses(ALICE)
+    db = str(tmp_path / "crash.sqlite3")
+    proc, port = server_process("--db", db)
+    try:
+        async def until_first_final() -> dict:
+            async with connect(f"ws://127.0.0.1:{port}/v1/rooms/ops") as sub:
+                await sub.recv()
+                publisher = asyncio.create_task(stream(f"ws://127.0.0.1:{port}", audio,
+                                                       query="room=ops&speaker=erin", speed=4.0))
+                while (message := json.loads(await sub.recv()))["type"] != "final":
+                    pass
+                proc.send_signal(_signal.SIGKILL)  # no shutdown, no flush: only what is on disk survives
+                publisher.cancel()
+                await asyncio.gather(publisher, return_exceptions=True)
+                return message
+
+        seen = asyncio.run(until_first_final())
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, port = server_process("--db", db)
+    try:
+        stored = httpx.get(f"http://127.0.0.1:{port}/v1/rooms/ops/transcript").json()["finals"]
+    finally:
+        proc.send_signal(_signal.SIGTERM)
+        proc.wait(30)
+    assert (seen["speaker"], seen["segment"], seen["text"]) in [(f["speaker"], f["segment"], f["text"]) for f in stored]
+
+
+def test_dgasr_client_publishes_into_a_room_with_its_speaker_label(tiny_engine, tmp_path, capsys):
+    from clientkit import write_wav
+
+    from client.cli import main as client_main
+
+    audio, truth = speech_with_pauses(ALICE)
+    srv = ServerThread(tiny_engine)
+    try:
+        path = write_wav(tmp_path / "alice.wav", audio)
+        assert client_main(["--url", srv.url, "--room", "review", "--speaker", "frank", str(path)]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        stored = httpx.get(f"http://127.0.0.1:{srv.port}/v1/rooms/review/transcript").json()["finals"]
+        assert client_main(["--url", srv.url, "--room", "bad name", str(path)]) == 2
+        assert "--room" in capsys.readouterr().err
+    finally:
+        srv.close()
+    assert [f["speaker"] for f in stored] == ["frank"] * len(truth)
+    assert [f["text"] for f in stored] == [line for line in printed if line]
