@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
 
@@ -32,6 +33,39 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def write_costs(engine, model, args, seconds: float) -> int:
+    """Per batch size: median phase times of a few final-step batches -> encoder, prompt, one step."""
+    from costs import Costs
+
+    spec = model.spec
+    sizes = [int(x) for x in args.batches.split(",")]
+    encoder, prompt, step = [], [], []
+    for b in sizes:
+        samples = []
+        for r in range(max(3, args.repeats // 4)):
+            requests = [TranscribeRequest(_audio(seconds, r * b + k), spec.final_steps, seed=k) for k in range(b)]
+            samples.append(engine.transcribe(requests)[0].timings)
+        med = lambda f: statistics.median(getattr(t, f) for t in samples)  # noqa: E731
+        encoder.append(round(med("features_ms") + med("audio_encoder_ms"), 3))
+        prompt.append(round(med("prompt_encode_ms"), 3))
+        step.append(round(med("denoise_ms") / spec.final_steps, 3))
+        print(f"batch {b:3d}: encoder {encoder[-1]:8.1f} ms  prompt {prompt[-1]:8.1f} ms  step {step[-1]:8.2f} ms")
+    label = args.label or f"{spec.name} on {model.device}, {seconds:.1f} s requests"
+    Costs(label, "measured", str(model.device), spec.name, spec.window_seconds, spec.canvas_length,
+          spec.draft_steps, spec.final_steps, sizes, encoder, prompt, step,
+          notes=f"scripts/bench_engine.py --model {args.model} --device {args.device} --seconds {seconds:g} "
+                f"--batches {args.batches} --write-costs; torch threads {torch_threads()}").save(args.write_costs)
+    print(f"wrote {args.write_costs}")
+    engine.close()
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-random")
@@ -39,6 +73,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=20, help="latency samples per kind")
     p.add_argument("--batches", default="1,4,16", help="batch sizes for throughput")
     p.add_argument("--seconds", type=float, default=None, help="audio per request (default: 80%% of the window)")
+    p.add_argument("--write-costs", metavar="FILE", help="only measure a cost file (scripts/costs.py) and write it")
+    p.add_argument("--label", default=None, help="with --write-costs: what the file describes")
     args = p.parse_args()
 
     engine = Engine(lambda: load_model(args.model, args.device)).start()
@@ -64,6 +100,8 @@ def main() -> int:
               f"{med('features_ms'):9.1f} {med('audio_encoder_ms'):8.1f} {med('prompt_encode_ms'):8.1f} "
               f"{med('denoise_ms'):8.1f}")
 
+    if args.write_costs:
+        return write_costs(engine, model, args, seconds)
     sizes = [int(x) for x in args.batches.split(",")]
     print("\nthroughput (requests/s)  " + "".join(f"{'b=' + str(b):>10s}" for b in sizes) + f"{'b' + str(sizes[-1]) + '/b1':>10s}")
     for name, steps in (("final", final), ("draft", draft)):

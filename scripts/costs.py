@@ -1,0 +1,72 @@
+"""Cost files: what one batched engine call costs on a device, as a function of batch size.
+
+Format (JSON)::
+
+    {"label": "...", "kind": "measured" | "estimate", "device": "...", "model": "...",
+     "window_seconds": 30.0, "canvas_length": 256, "draft_steps": 3, "final_steps": 16,
+     "batch": [1, 2, 4, 8, 16],            # the batch sizes measured (or estimated)
+     "encoder_ms": [...],                  # features + audio encoder + projector, per batch size
+     "prompt_ms": [...],                   # the prompt/prefix pass, per batch size
+     "step_ms": [...],                     # one denoising step over the canvas, per batch size
+     "notes": "how it was made"}
+
+A batch of ``b`` requests with ``s`` steps costs ``encoder_ms(b) + prompt_ms(b) + s *
+step_ms(b)``, each linearly interpolated between measured batch sizes (and extrapolated
+from the last two beyond them). One batch runs at a time, as in the engine.
+``scripts/bench_engine.py --write-costs FILE`` measures one; ``scripts/capacity.py``
+replays one in virtual time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Costs"]
+
+
+def _interpolate(xs: list[int], ys: list[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0] * x / xs[0] if x > xs[0] else ys[0]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+@dataclass
+class Costs:
+    label: str
+    kind: str
+    device: str
+    model: str
+    window_seconds: float
+    canvas_length: int
+    draft_steps: int
+    final_steps: int
+    batch: list[int]
+    encoder_ms: list[float]
+    prompt_ms: list[float]
+    step_ms: list[float]
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("measured", "estimate"):
+            raise ValueError(f"kind must be measured or estimate, got {self.kind!r}")
+        lengths = {len(self.batch), len(self.encoder_ms), len(self.prompt_ms), len(self.step_ms)}
+        if len(lengths) != 1 or sorted(self.batch) != self.batch or self.batch[0] < 1:
+            raise ValueError("batch, encoder_ms, prompt_ms and step_ms must be lists of one length, batch ascending")
+
+    def batch_ms(self, size: int, steps: int) -> float:
+        """Device milliseconds for one batch of ``size`` requests denoised ``steps`` steps."""
+        return (_interpolate(self.batch, self.encoder_ms, size) + _interpolate(self.batch, self.prompt_ms, size)
+                + steps * _interpolate(self.batch, self.step_ms, size))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Costs:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
