@@ -39,8 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 
 from costs import Costs  # noqa: E402
-
-from server.core.events import Audio, Draft, EndStream, Final, SpeechStarted, SpeechStopped  # noqa: E402
+from server.core.events import (  # noqa: E402
+    Audio,
+    Draft,
+    EndStream,
+    Final,
+    SpeechStarted,
+    SpeechStopped,
+)
 from server.core.pcm import SAMPLE_RATE, Encoding  # noqa: E402
 from server.core.requests import PhaseTimings, TranscribeResult  # noqa: E402
 from server.core.scheduler import JobKind, Scheduler  # noqa: E402

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import capacity  # noqa: E402
+
 from costs import Costs  # noqa: E402
 
 
@@ -65,3 +66,14 @@ def test_bench_engine_writes_a_cost_file_the_simulator_reads(tmp_path):
     assert json.loads(out.read_text())["model"] == "tiny-random"
     shipped = Costs.load(ROOT / "costs" / "h200-real-estimate.json")
     assert shipped.kind == "estimate" and shipped.final_steps == 16
+
+
+def test_the_gpu_measurement_script_passes_its_cpu_dry_run_on_a_shrunken_real_config(tmp_path):
+    out = tmp_path / "dry.json"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_costs.py"), "--shrink", "--device", "cpu",
+                          "--batches", "1,2", "--streams", "1", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    costs = Costs.load(out)
+    assert costs.kind == "measured" and costs.canvas_length == 256 and costs.window_seconds == 30.0
+    assert costs.batch == [1, 2] and costs.step_ms[1] > 0
+    assert "1 streams: final p95" in run.stdout
