@@ -216,3 +216,38 @@ def test_a_shutdown_during_a_file_transcription_still_answers_it_in_full(tiny_en
     segments = answer["result"].segments
     assert [(s.start, s.end, s.text) for s in segments] == [(f.start, f.end, f.text) for f in offline.finals if f.text]
     assert np.all(np.diff([s.start for s in segments]) > 0)
+
+
+def test_a_client_that_hangs_up_before_the_answer_stops_its_transcription(tiny_engine):
+    """A long upload whose client disconnects: its session ends at once, slot and queue freed."""
+    import socket
+    import time
+
+    audio, _ = speech_with_pauses(SENTENCES * 4)
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    request = httpx.Request("POST", "http://x/v1/audio/transcriptions", data={"model": "x"},
+                            files={"file": ("long.wav", buf.getvalue())})
+    head = b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        f"{k}: {v}\r\n".encode() for k, v in request.headers.items() if k.lower() != "host") + b"\r\n"
+    srv = ServerThread(tiny_engine)
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        sock.sendall(head + request.read())
+        for _ in range(400):
+            if not srv.server.registry.empty:
+                break
+            time.sleep(0.01)
+        assert not srv.server.registry.empty  # transcribing
+        sock.close()
+        for _ in range(400):
+            if srv.server.registry.empty and srv.server.admission.sessions == 0:
+                break
+            time.sleep(0.01)
+        assert srv.server.registry.empty and srv.server.admission.sessions == 0
+        assert srv.server.admission.connections_from("127.0.0.1") == 0
+        assert len(srv.server.scheduler) == 0  # its queued finals were dropped with it
+        made = srv.server.metrics.finals.labels("openai_files")._value.get()
+        assert made < 12  # 12 sentences: it stopped early, not after transcribing them all
+    finally:
+        srv.close()

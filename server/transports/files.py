@@ -148,5 +148,6 @@ class FileEndpoint:
                 else:
                     return
         finally:
-            if not task.done():
-                await task  # the finals of a departed client still complete; the session ends cleanly
+            if not task.done():  # the client stopped reading the stream: nobody waits for the rest
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

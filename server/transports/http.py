@@ -179,9 +179,12 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                                                                   f"{route.max_body} bytes"))
         except TimeoutError:
             return await exchange.respond(_error(408, f"no request body bytes for {route.read_timeout:g} s"))
-        response = await route.handler(HttpRequest(method, path, headers, bytes(body), peer,
-                                                   strip_token(raw_query)[0]), **args)
-        await exchange.respond(response)
+        handler = asyncio.create_task(route.handler(HttpRequest(method, path, headers, bytes(body), peer,
+                                                                strip_token(raw_query)[0]), **args))
+        if not await _unless_gone(reader, handler):
+            log.info("http client %s went away before its answer: %s %s abandoned", peer, method, path)
+            return
+        await exchange.respond(handler.result())
     except h11.RemoteProtocolError as exc:
         try:
             await exchange.respond(_error(exc.error_status_hint, f"bad HTTP request: {exc}"))
@@ -194,6 +197,28 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
             admission.handshake_over()
         admission.leave(peer)
         writer.close()
+
+
+async def _unless_gone(reader: asyncio.StreamReader, work: asyncio.Task) -> bool:
+    """Wait for ``work``; if the client closes its socket first, cancel it and return False.
+
+    A request is complete before its handler runs, so the next thing a client sends is
+    nothing at all, until it hangs up: an end of file here means nobody waits for the
+    answer, and a long transcription should not go on for no one.
+    """
+    watch = asyncio.create_task(reader.read(1))
+    try:
+        while True:
+            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                return True
+            if watch.exception() is not None or watch.result() == b"":
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return False
+            watch = asyncio.create_task(reader.read(1))  # a stray byte (a pipelined request): ignored
+    finally:
+        watch.cancel()
 
 
 class FrontDoor(asyncio.Protocol):
