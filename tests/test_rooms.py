@@ -115,6 +115,7 @@ def test_bad_room_names_and_speakers_are_refused_before_the_upgrade(tiny_engine)
         assert asyncio.run(status("/v1/listen?speaker=alice")) == 400  # a speaker needs a room
         assert asyncio.run(status("/v1/listen?room=ok&speaker=" + "x" * 80)) == 400
         assert asyncio.run(status("/v1/rooms/bad%20name")) == 404
+        assert asyncio.run(status("/v1/rooms/fine")) == 101
         refused = httpx.get(f"http://127.0.0.1:{srv.port}/v1/listen", params={"room": "a b"}).json()
         assert refused["field"] == "room" and "letters" in refused["message"]
         assert httpx.get(f"http://127.0.0.1:{srv.port}/v1/rooms/never-used/transcript").status_code == 404
@@ -248,3 +249,21 @@ def test_dgasr_client_publishes_into_a_room_with_its_speaker_label(tiny_engine, 
         srv.close()
     assert [f["speaker"] for f in stored] == ["frank"] * len(truth)
     assert [f["text"] for f in stored] == [line for line in printed if line]
+
+
+def test_subscribers_past_the_servers_bound_get_503(tiny_engine):
+    srv = ServerThread(tiny_engine, max_subscribers=2)
+
+    async def scenario():
+        async with connect(f"{srv.url}/v1/rooms/a") as one, connect(f"{srv.url}/v1/rooms/b") as two:
+            await one.recv(), await two.recv()
+            try:
+                async with connect(f"{srv.url}/v1/rooms/a"):
+                    return 101
+            except InvalidStatus as exc:
+                return exc.response.status_code
+
+    try:
+        assert asyncio.run(scenario()) == 503
+    finally:
+        srv.close()

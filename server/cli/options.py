@@ -42,6 +42,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("tls_key", str, "PEM private key for --tls-cert"),
     ("db", str, "where rooms' transcripts are kept: a SQLite file"),
     ("room_idle_timeout", float, "seconds a room stays in the live list after its last participant left"),
+    ("max_subscribers", int, "room subscribers on this server (all rooms); more get HTTP 503"),
     ("log_level", str, "DEBUG, INFO, WARNING, ERROR"),
     ("log_format", str, "text | json (one JSON object per line)"),
     ("whisper", str, "whisper encoder: HF repo id or directory (overrides the model's)"),

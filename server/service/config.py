@@ -45,6 +45,7 @@ class ServerConfig:
     tls_key: str | None = None
     db: str | None = None  # rooms' transcripts: a SQLite file (None: in memory; the CLI names a file)
     room_idle_timeout: float = 300.0  # seconds a room stays live after its last participant left
+    max_subscribers: int = 1024  # room readers on this server, all rooms together
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
     log_transcripts: bool = False  # transcripts in the logs (never by default)

@@ -148,6 +148,10 @@ class RoomHub:
 
     # ---- listing -----------------------------------------------------------
 
+    @property
+    def subscribers(self) -> int:
+        return sum(len(live.subscribers) for live in self._live.values())
+
     def names(self) -> list[str]:
         return list(self._live)
 

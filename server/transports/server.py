@@ -310,7 +310,11 @@ class DgasrServer:
         if self._stopping or not self.engine.ready:
             reason = "server is shutting down" if self._stopping else "model is still loading"
             return _json(503, {"error": "unavailable", "message": reason}, retry_after=5)
-        if self.admission.full and endpoint is not self.rooms.subscribe:
+        if endpoint == self.rooms.subscribe:  # bound methods: equal, never identical
+            if self.hub.subscribers >= self.config.max_subscribers:
+                message = f"server is full ({self.config.max_subscribers} room subscribers)"
+                return _json(503, {"error": "overloaded", "message": message}, retry_after=5)
+        elif self.admission.full:
             message = f"server is full ({self.config.max_sessions} sessions)"
             return _json(503, {"error": "overloaded", "message": message}, retry_after=2)
         if not upgrade:  # everything checked, but this is no websocket handshake (a page's pre-flight)
