@@ -2,7 +2,8 @@
 """Fan-out cost of a room: one publisher's final latency alone, then with many subscribers.
 
 Runs a real dgasr server in this process (its own thread and event loop) and real
-websocket clients. The publisher streams the same speech at real time in both runs; its
+websocket clients: the publisher here, the subscribers in a second process (so their own
+message handling does not compete with the server for this process's interpreter). The publisher streams the same speech at real time in both runs; its
 latency is measured where a user feels it: from the ``speech_stopped`` it receives to
 the segment's ``final``. In the second run ``--subscribers`` readers join the room first,
 ``--stalled`` of them never read a byte (their TCP windows fill, then their server-side
@@ -83,23 +84,51 @@ async def stalled(url: str, room: str, joined: asyncio.Event, stop: asyncio.Even
         ws.transport.abort()
 
 
-async def run(url: str, audio, room: str, subscribers: int, stalled_count: int, server: ServerThread):
-    stop = asyncio.Event()
-    joined = [asyncio.Event() for _ in range(subscribers)]
+async def _crowd(url: str, room: str, subscribers: int, stalled_count: int, joined, stop) -> list[int]:
+    """The subscribers (in the child process): join, read (or not) until ``stop``; finals each reader got."""
+    here_stop = asyncio.Event()
+    flags = [asyncio.Event() for _ in range(subscribers)]
     counts: list[int] = []
-    tasks = [asyncio.create_task(stalled(url, room, joined[i], stop) if i < stalled_count
-                                 else reader(url, room, joined[i], counts, stop)) for i in range(subscribers)]
-    waiting = asyncio.gather(*(j.wait() for j in joined))
+    tasks = [asyncio.create_task(stalled(url, room, flags[i], here_stop) if i < stalled_count
+                                 else reader(url, room, flags[i], counts, here_stop)) for i in range(subscribers)]
+    waiting = asyncio.gather(*(f.wait() for f in flags))
     done, _ = await asyncio.wait({waiting, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     if waiting not in done:  # a subscriber failed to join: say why instead of waiting forever
         next(iter(done)).result()
+    joined.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    here_stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return counts
+
+
+def _crowd_process(url, room, subscribers, stalled_count, joined, stop, out) -> None:
+    out.put(asyncio.run(_crowd(url, room, subscribers, stalled_count, joined, stop)))
+
+
+async def run(url: str, audio, room: str, subscribers: int, stalled_count: int, server: ServerThread):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    joined, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = None
+    if subscribers:
+        child = ctx.Process(target=_crowd_process, args=(url, room, subscribers, stalled_count, joined, stop, out))
+        child.start()
+        while not joined.is_set():
+            if not child.is_alive():
+                raise RuntimeError("the subscribers' process failed")
+            await asyncio.sleep(0.05)
     waits = await publish(url, audio, room)
     await asyncio.sleep(1.0)
     live = server.server.hub._live.get(room)
     queued = sorted(len(s.outbox) for s in live.subscribers.values()) if live else []
     queued_bytes = max((s.outbox.size_bytes for s in live.subscribers.values()), default=0) if live else 0
     stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    counts = out.get(timeout=60) if child else []
+    if child:
+        child.join(30)
     return waits, counts, queued, queued_bytes
 
 
