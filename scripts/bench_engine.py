@@ -54,7 +54,8 @@ def write_costs(engine, model, args, seconds: float) -> int:
     Costs(label, "measured", str(model.device), spec.name, spec.window_seconds, spec.canvas_length,
           spec.draft_steps, spec.final_steps, sizes, encoder, prompt, step,
           notes=f"scripts/bench_engine.py --model {args.model} --device {args.device} --seconds {seconds:g} "
-                f"--batches {args.batches} --write-costs; torch threads {torch_threads()}").save(args.write_costs)
+                f"--batches {args.batches} --write-costs; torch threads {torch_threads()}",
+          request_seconds=seconds, encoder_scales=spec.encoder_bucket_seconds > 0).save(args.write_costs)
     print(f"wrote {args.write_costs}")
     engine.close()
     return 0
@@ -73,11 +74,16 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=20, help="latency samples per kind")
     p.add_argument("--batches", default="1,4,16", help="batch sizes for throughput")
     p.add_argument("--seconds", type=float, default=None, help="audio per request (default: 80%% of the window)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default on a CPU: what dgasr-server uses, all cores but one)")
     p.add_argument("--write-costs", metavar="FILE", help="only measure a cost file (scripts/costs.py) and write it")
     p.add_argument("--label", default=None, help="with --write-costs: what the file describes")
     args = p.parse_args()
 
-    engine = Engine(lambda: load_model(args.model, args.device)).start()
+    from server.cli.server import cpu_threads
+
+    threads = args.threads or (cpu_threads() if args.device == "cpu" else None)
+    engine = Engine(lambda: load_model(args.model, args.device), threads=threads).start()
     model = engine.wait_ready()
     spec = model.spec
     seconds = args.seconds or spec.window_seconds * 0.8

@@ -96,7 +96,8 @@ class CostEngine:
     def submit(self, requests) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         steps = max(r.steps for r in requests)
-        ms = self.costs.batch_ms(len(requests), steps)
+        longest = max(len(r.audio) for r in requests) / SAMPLE_RATE
+        ms = self.costs.batch_ms(len(requests), steps, longest)
         self.busy += ms / 1000
         timings = PhaseTimings(0.0, 0.0, 0.0, ms, len(requests))
         results = [TranscribeResult("", (), r.steps, timings) for r in requests]
@@ -158,9 +159,11 @@ async def _client(index: int, audio: np.ndarray, seconds: float, config: Session
         sink.route(out)
 
     step = int(CHUNK * SAMPLE_RATE)
-    offset = int(rng.integers(0, len(audio)))
-    total = int(seconds * SAMPLE_RATE)
-    await asyncio.sleep(float(rng.uniform(0, 1.0)))  # clients do not start in lockstep
+    if seconds:  # a long stream: the clip looped from a random point, clients not in lockstep
+        offset, total = int(rng.integers(0, len(audio))), int(seconds * SAMPLE_RATE)
+        await asyncio.sleep(float(rng.uniform(0, 1.0)))
+    else:  # the clip once, from the start, as bench_streams.py's clients do
+        offset, total = 0, len(audio)
     for sent in range(0, total, step):
         start = (offset + sent) % len(audio)
         chunk = np.take(audio, range(start, start + step), mode="wrap").astype("<f4")
@@ -181,8 +184,10 @@ def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def simulate(costs: Costs, streams: int, seconds: float, max_batch: int, audio: np.ndarray, seed: int = 0,
+def simulate(costs: Costs, streams: int, seconds: float, max_batch: int, audio, seed: int = 0,
              partial_interval_ms: int = 450) -> dict:
+    """One run; ``audio`` is one clip for every client, or a function of the client's index
+    (``seconds`` 0: each client speaks its clip once)."""
     loop = VirtualLoop()
     try:
         return loop.run_until_complete(_simulate(costs, streams, seconds, max_batch, audio, seed, partial_interval_ms))
@@ -203,7 +208,8 @@ async def _simulate(costs: Costs, streams: int, seconds: float, max_batch: int, 
     tally = Tally()
     rng = np.random.default_rng(seed)
     t0 = asyncio.get_running_loop().time()
-    await asyncio.gather(*(_client(i, audio, seconds, config, loop_, registry, tally, rng) for i in range(streams)))
+    clips = [audio(i) if callable(audio) else audio for i in range(streams)]
+    await asyncio.gather(*(_client(i, clips[i], seconds, config, loop_, registry, tally, rng) for i in range(streams)))
     elapsed = asyncio.get_running_loop().time() - t0
     loop_.stop()
     await runner
@@ -235,11 +241,19 @@ def main() -> None:
     parser.add_argument("--target-ms", type=float, default=1500.0, help="final p95 a stream count must stay under")
     parser.add_argument("--partial-interval-ms", type=int, default=450, help="the server's --partial-interval-ms")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--like-bench-streams", action="store_true",
+                        help="each client speaks bench_streams.py's three sentences once, all starting together "
+                             "(for comparing with that benchmark; --seconds is ignored)")
     args = parser.parse_args()
     costs = Costs.load(args.costs)
     audio = _speech()
+    if args.like_bench_streams:
+        from bench_streams import _speech as bench_speech
+
+        audio, args.seconds = (lambda i: bench_speech(i)[0]), 0.0
     print(f"costs: {costs.label} ({costs.kind}, {costs.device}); {costs.draft_steps}/{costs.final_steps} steps; "
-          f"max batch {args.max_batch}; partials every {args.partial_interval_ms} ms; {args.seconds:g} s per client; "
+          f"max batch {args.max_batch}; partials every {args.partial_interval_ms} ms; "
+          f"{f'{args.seconds:g} s per client' if args.seconds else 'bench_streams clips'}; "
           f"target final p95 {args.target_ms:g} ms")
     print(f"{'streams':>7s} {'1st partial p50/p95 ms':>23s} {'final p50/p95 ms':>17s} {'drafts dropped':>15s} "
           f"{'util':>5s} {'batch':>6s}  kept up")

@@ -8,6 +8,10 @@ Format (JSON)::
      "encoder_ms": [...],                  # features + audio encoder + projector, per batch size
      "prompt_ms": [...],                   # the prompt/prefix pass, per batch size
      "step_ms": [...],                     # one denoising step over the canvas, per batch size
+     "request_seconds": 8.0,               # the audio length per request the encoder was measured at
+     "encoder_scales": false,              # true: the encoder runs on the audio's own length (the demo),
+                                           # so it and the prompt pass (its audio slots) scale with the
+                                           # batch's longest audio
      "notes": "how it was made"}
 
 A batch of ``b`` requests with ``s`` steps costs ``encoder_ms(b) + prompt_ms(b) + s *
@@ -50,6 +54,8 @@ class Costs:
     prompt_ms: list[float]
     step_ms: list[float]
     notes: str = ""
+    request_seconds: float = 0.0  # 0: a full window
+    encoder_scales: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,10 +65,17 @@ class Costs:
         if len(lengths) != 1 or sorted(self.batch) != self.batch or self.batch[0] < 1:
             raise ValueError("batch, encoder_ms, prompt_ms and step_ms must be lists of one length, batch ascending")
 
-    def batch_ms(self, size: int, steps: int) -> float:
-        """Device milliseconds for one batch of ``size`` requests denoised ``steps`` steps."""
-        return (_interpolate(self.batch, self.encoder_ms, size) + _interpolate(self.batch, self.prompt_ms, size)
-                + steps * _interpolate(self.batch, self.step_ms, size))
+    def batch_ms(self, size: int, steps: int, audio_seconds: float | None = None) -> float:
+        """Device milliseconds for one batch of ``size`` requests denoised ``steps`` steps.
+
+        ``audio_seconds``: the batch's longest request; it matters only when the encoder
+        runs on the audio's own length (``encoder_scales``): then the encoder and the prompt
+        pass (whose audio slots follow the audio) scale with it, the canvas steps do not.
+        """
+        front = _interpolate(self.batch, self.encoder_ms, size) + _interpolate(self.batch, self.prompt_ms, size)
+        if self.encoder_scales and audio_seconds is not None:
+            front *= min(audio_seconds, self.window_seconds) / (self.request_seconds or self.window_seconds)
+        return front + steps * _interpolate(self.batch, self.step_ms, size)
 
     @classmethod
     def load(cls, path: str | Path) -> Costs:
