@@ -150,13 +150,39 @@ def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torc
     return out.past_key_values
 
 
-def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor) -> torch.Tensor:
-    """Greedy CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
+def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor,
+                 languages: Sequence[str | None] | None = None) -> torch.Tensor:
+    """CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
 
-    The embeddings go through the tied lm_head and :func:`ctc_collapse` lays out the argmax.
+    The embeddings go through the tied lm_head. With a lexicon for a row's language
+    (``model.lexicon``, :mod:`server.engine.lexicon`) the row is decoded into lexicon
+    words; otherwise :func:`ctc_collapse` lays out the greedy argmax.
     """
     bb = model.backbone
-    return ctc_collapse(model, bb.lm_head(audio_embeds.to(bb.dtype)).argmax(-1))
+    logits = bb.lm_head(audio_embeds.to(bb.dtype))
+    canvases = ctc_collapse(model, logits.argmax(-1))
+    if model.lexicon is not None and languages is not None:
+        vocab = len(model.tokenizer)
+        for row, language in enumerate(languages):
+            if language is None or language not in model.lexicon.languages:
+                continue
+            log_probs = torch.log_softmax(logits[row, :, :vocab].float(), dim=-1)
+            special = [i for i in model.tokenizer.all_special_ids if i != bb.config.text_config.pad_token_id]
+            log_probs[:, special] = -30.0
+            ids = model.lexicon.decode(log_probs.detach().cpu().numpy(), language)
+            if ids:
+                canvases[row] = _layout(model, ids, canvases.device)
+    return canvases
+
+
+def _layout(model: AsrModel, ids: list[int], device) -> torch.Tensor:
+    """Token ids laid out as one canvas: cut to fit, closed by end-of-sequence, padded."""
+    length = model.backbone.config.canvas_length
+    canvas = torch.full((length,), model.backbone.config.text_config.pad_token_id, dtype=torch.long, device=device)
+    ids = ids[: length - 1]
+    canvas[: len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+    canvas[len(ids)] = model.eos_token_id
+    return canvas
 
 
 def ctc_collapse(model: AsrModel, best: torch.Tensor) -> torch.Tensor:
@@ -303,7 +329,8 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
             ]
             cold = [k for k, start in enumerate(starts) if start is None]
             if cold and spec.canvas_start == "ctc":
-                for k, canvas in zip(cold, ctc_canvases(model, embeds[[rows[k] for k in cold]])):
+                languages = [requests[members[k]].language for k in cold]
+                for k, canvas in zip(cold, ctc_canvases(model, embeds[[rows[k] for k in cold]], languages)):
                     starts[k] = canvas
             out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
             tc = _sync(device)

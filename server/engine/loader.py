@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .lexicon import LEXICON_DIR, LexiconDecoding
 from .model import PROJECTOR_FILE, AsrModel
 from .projector import AudioProjector
 from .spec import LANGUAGES, SPEC_FILE, ModelSpec, ProjectorConfig
@@ -317,7 +318,13 @@ def _load_spec(spec: ModelSpec, base: Path | None, device: torch.device, dtype: 
     if backbone.config.canvas_length != spec.canvas_length:
         log.info("canvas length %d taken from the backbone config", backbone.config.canvas_length)
         spec = dataclasses.replace(spec, canvas_length=backbone.config.canvas_length)
-    return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source).to(device, dtype)
+    lexicon = None
+    if base is not None and (base / LEXICON_DIR).is_dir() and spec.canvas_start == "ctc":
+        lexicon = LexiconDecoding.from_dir(base / LEXICON_DIR, tokenizer, backbone.config.text_config.pad_token_id)
+        if lexicon is not None:
+            log.info("lexicon decoding for %s", ", ".join(lexicon.languages))
+    return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source,
+                    lexicon=lexicon).to(device, dtype)
 
 
 def _apply_overrides(spec: ModelSpec, overrides: dict[str, str | None]) -> ModelSpec:

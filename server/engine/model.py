@@ -45,6 +45,7 @@ class AsrModel:
     backbone: DiffusionGemmaForBlockDiffusion
     tokenizer: object  # a transformers fast tokenizer
     source: str = "in-memory"
+    lexicon: object = None  # a LexiconDecoding (engine/lexicon.py) when the model directory has one
 
     def __post_init__(self) -> None:
         self._prompt_cache: dict[tuple[str | None, int], list[int]] = {}

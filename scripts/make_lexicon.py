@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Write a model directory's lexicon: ``lexicon/<language>.tsv`` from wordfreq's frequent words.
+
+For each language with spaces (en, de, fr, es, hi): wordfreq's ``--top`` most frequent
+words whose letters the model's tokenizer has, plus the numbers 0-999, each with its
+unigram log probability (97% of the mass to the words by frequency, 3% spread evenly over
+the numbers). ``server/engine/lexicon.py`` decodes with them (see its docstring).
+Mandarin has no spaces to make words of and gets no file. Needs the ``train`` extra (wordfreq).
+
+    python scripts/make_lexicon.py runs/demo/export --top 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LANGUAGES = ("en", "de", "fr", "es", "hi")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a model directory (dgasr layout)")
+    parser.add_argument("--top", type=int, default=50_000)
+    args = parser.parse_args()
+    import wordfreq
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model / "tokenizer")
+    alphabet = {t for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if len(t) == 1}
+    out = args.model / "lexicon"
+    out.mkdir(exist_ok=True)
+    for language in LANGUAGES:
+        words = [w for w in wordfreq.top_n_list(language, args.top) if " " not in w and set(w) <= alphabet]
+        freqs = [wordfreq.word_frequency(w, language) + 1e-9 for w in words]
+        total = sum(freqs)
+        rows = {w: math.log(0.97 * f / total) for w, f in zip(words, freqs)}
+        for number in range(1000):
+            rows.setdefault(str(number), math.log(0.03 / 1000))
+        (out / f"{language}.tsv").write_text("".join(f"{w}\t{p:.4f}\n" for w, p in rows.items()), encoding="utf-8")
+        print(f"{language}: {len(rows)} words")
+
+
+if __name__ == "__main__":
+    main()

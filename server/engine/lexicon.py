@@ -1,0 +1,118 @@
+"""Lexicon-constrained CTC decoding: the canvas a denoiser starts from, spelled with real words.
+
+How this works
+--------------
+A model directory may carry ``lexicon/<language>.tsv`` files (``word<TAB>log probability``,
+one word per line: a language's frequent words with their unigram frequencies). With them,
+a ``canvas_start="ctc"`` model reads its CTC log-probabilities (audio embeddings through
+the lm_head) with flashlight-text's ``LexiconDecoder``: a beam search over a trie of the
+words' spellings in the model's own tokens, scored by the CTC and by the word's log
+probability (``lm_weight``), plus ``word_score`` per word. The decoded words become the
+start canvas, laid out as :func:`~server.engine.denoise.ctc_collapse` lays out a greedy
+reading. Classic CPU recognizers (Kaldi, vosk) lean on a lexicon the same way; the demo
+model's errors are mostly spelling by ear, which this fixes for words the lexicon holds.
+
+Only words in the lexicon can come out; a language without a file (Mandarin, which has no
+spaces to build words on) or an automatic language (no hint: which lexicon?) keeps the
+greedy reading. Decoders are built per language on first use (a 50,000-word trie: ~1 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LEXICON_DIR", "LexiconDecoding"]
+
+log = logging.getLogger("dgasr.lexicon")
+
+LEXICON_DIR = "lexicon"
+UNKNOWN_LOG_PROB = -20.0
+
+
+class LexiconDecoding:
+    def __init__(self, tokenizer, blank: int, files: dict[str, Path], *, beam: int = 32, beam_tokens: int = 16,
+                 lm_weight: float = 0.5, word_score: float = 1.0) -> None:
+        self.tokenizer = tokenizer
+        self.blank = blank
+        self.files = files
+        # beam_tokens: how many of each frame's most likely tokens a hypothesis may extend by
+        self.beam, self.beam_tokens, self.lm_weight, self.word_score = beam, beam_tokens, lm_weight, word_score
+        names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self._chars = {name: i for i, name in enumerate(names) if len(name) == 1}
+        self._space = self._chars.get(" ")
+        self._decoders: dict[str, tuple] = {}
+        if self._space is None:
+            raise ValueError("lexicon decoding needs a tokenizer with a space token")
+
+    @classmethod
+    def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
+        files = {p.stem: p for p in sorted(Path(folder).glob("*.tsv"))}
+        return cls(tokenizer, blank, files, **options) if files else None
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.files)
+
+    def _decoder(self, language: str):
+        if language not in self._decoders:
+            from flashlight.lib.text.decoder import (
+                LM,
+                CriterionType,
+                LexiconDecoder,
+                LexiconDecoderOptions,
+                LMState,
+                SmearingMode,
+                Trie,
+            )
+
+            class Unigram(LM):
+                def __init__(self, scores: list[float]) -> None:
+                    LM.__init__(self)
+                    self.scores = scores
+
+                def start(self, start_with_nothing: bool):
+                    return LMState()
+
+                def score(self, state, index: int):
+                    return state.child(index), self.scores[index]
+
+                def finish(self, state):
+                    return state, 0.0
+
+            words, scores = [], []
+            for line in self.files[language].read_text(encoding="utf-8").splitlines():
+                word, _, score = line.partition("\t")
+                if word and set(word) <= self._chars.keys():
+                    words.append(word)
+                    scores.append(float(score))
+            trie = Trie(len(self.tokenizer), self._space)
+            for index, (word, score) in enumerate(zip(words, scores)):
+                trie.insert([self._chars[c] for c in word] + [self._space], index, score)
+            trie.smear(SmearingMode.MAX)
+            words.append("<unk>")
+            scores.append(UNKNOWN_LOG_PROB)
+            lm = Unigram(scores)  # the decoder keeps a C++ pointer: this object must stay alive
+            options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, self.lm_weight, self.word_score,
+                                            -math.inf, 0.0, False, CriterionType.CTC)
+            decoder = LexiconDecoder(options, trie, lm, self._space, self.blank, len(words) - 1, [], False)
+            self._decoders[language] = (decoder, words, lm, trie)
+            log.info("lexicon for %s: %d words", language, len(words) - 1)
+        return self._decoders[language]
+
+    def decode(self, log_probs: np.ndarray, language: str | None) -> list[int] | None:
+        """Token ids of the best word sequence for ``(frames, vocabulary)`` log-probabilities;
+        None when there is no lexicon for ``language``."""
+        if language not in self.files:
+            return None
+        decoder, words, _, _ = self._decoder(language)
+        emissions = np.full((log_probs.shape[0] + 1, log_probs.shape[1]), -30.0, dtype=np.float32)
+        emissions[:-1] = log_probs
+        emissions[-1, self._space] = 0.0  # a closing space frame, so the last word can end
+        emissions = np.ascontiguousarray(emissions)
+        best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
+        text = " ".join(words[w] for w in best.words if 0 <= w < len(words) - 1)
+        return self.tokenizer.encode(text, add_special_tokens=False)
