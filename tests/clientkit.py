@@ -121,6 +121,8 @@ def client_process(*args: str, env: dict[str, str] | None = None, **popen) -> su
 def server_process(*options: str, timeout: float = 90) -> tuple[subprocess.Popen, int]:
     """``dgasr-server --model tiny-random --port 0 OPTIONS`` as a process, once its engine is ready;
     returns it and the port it chose (read from its "listening on" log line)."""
+    if "--db" not in options:  # tests keep nothing in the user's ~/.local/share
+        options = ("--db", ":memory:", *options)
     proc = subprocess.Popen([sys.executable, "-m", "server", "--model", "tiny-random", "--port", "0",
                              "--log-level", "INFO", *options],
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
