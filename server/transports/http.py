@@ -35,6 +35,7 @@ from werkzeug.routing import Map
 
 from server.service.access import Access, strip_token
 from server.service.admission import Admission
+from server.wire.openai_audio import error_body
 
 __all__ = ["FrontDoor", "HttpRequest", "HttpResponse", "HttpStream", "Route", "admitted_connection", "json_response",
            "serve_exchange"]
@@ -90,8 +91,7 @@ def json_response(status: int, body: dict, headers: tuple[tuple[str, str], ...] 
 
 
 def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
-    return json_response(status, {"error": {"message": message, "type": "invalid_request_error",
-                                            "param": None, "code": None}}, headers)
+    return json_response(status, error_body(message), headers)
 
 
 @dataclass
