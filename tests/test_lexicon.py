@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
 
 import numpy as np
@@ -75,3 +76,22 @@ def test_a_model_directory_with_a_lexicon_loads_it_and_its_ctc_canvases_use_it(t
     assert not all(w in WORDS for w in text(plain).split())
     results = run_batch(loaded, [TranscribeRequest(audio, 1, "en", seed=1), TranscribeRequest(audio, 1, None, seed=1)])
     assert len(results) == 2 and all(r.steps == 1 for r in results)
+
+
+def test_without_a_hint_the_lexicon_that_fits_the_audio_wins_and_an_uncovered_script_keeps_greedy(tmp_path):
+    """Automatic language: each lexicon whose alphabet covers the greedy reading decodes; the
+    best score wins. Audio read in letters no lexicon has (Mandarin here) keeps the greedy reading."""
+    folder = tmp_path / LEXICON_DIR
+    folder.mkdir()
+    (folder / "en.tsv").write_text("".join(f"{w}\t{p}\n" for w, p in WORDS.items()))
+    (folder / "de.tsv.gz").write_bytes(gzip.compress(b"hallo\t-2.0\nwelt\t-2.5\nhelfen\t-3.0\n"))  # as shipped
+    tokenizer = build_char_tokenizer(list("abcdefghijklmnopqrstuvwxyz 你好"))
+    blank = tokenizer.pad_token_id
+    decoding = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
+    assert decoding.languages == ["de", "en"]
+    german = decoding.decode_any(_emissions(tokenizer, "halo welt", blank), "halo welt")
+    english = decoding.decode_any(_emissions(tokenizer, "helo wrld", blank), "helo wrld")
+    assert tokenizer.decode(german) == "hallo welt"
+    assert tokenizer.decode(english) == "hello world"
+    assert decoding.decode_any(_emissions(tokenizer, "你好", blank), "你好") is None
+    assert decoding.decode_any(_emissions(tokenizer, " ", blank), "") is None

@@ -156,7 +156,8 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor,
 
     The embeddings go through the tied lm_head. With a lexicon for a row's language
     (``model.lexicon``, :mod:`server.engine.lexicon`) the row is decoded into lexicon
-    words; otherwise :func:`ctc_collapse` lays out the greedy argmax.
+    words; a row without a language (automatic) is decoded with whichever lexicon fits
+    its audio best; otherwise :func:`ctc_collapse` lays out the greedy argmax.
     """
     bb = model.backbone
     logits = bb.lm_head(audio_embeds.to(bb.dtype))
@@ -164,12 +165,15 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor,
     if model.lexicon is not None and languages is not None:
         vocab = len(model.tokenizer)
         for row, language in enumerate(languages):
-            if language is None or language not in model.lexicon.languages:
+            if language is not None and language not in model.lexicon.languages:
                 continue
             log_probs = torch.log_softmax(logits[row, :, :vocab].float(), dim=-1)
             special = [i for i in model.tokenizer.all_special_ids if i != bb.config.text_config.pad_token_id]
             log_probs[:, special] = -30.0
-            ids = model.lexicon.decode(log_probs.detach().cpu().numpy(), language)
+            if language is None:
+                ids = model.lexicon.decode_any(log_probs.detach().cpu().numpy(), model.decode(canvases[row].tolist()))
+            else:
+                ids = model.lexicon.decode(log_probs.detach().cpu().numpy(), language)
             if ids:
                 canvases[row] = _layout(model, ids, canvases.device)
     return canvases

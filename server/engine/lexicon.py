@@ -2,8 +2,8 @@
 
 How this works
 --------------
-A model directory may carry ``lexicon/<language>.tsv`` files (``word<TAB>log probability``,
-one word per line: a language's frequent words with their unigram frequencies). With them,
+A model directory may carry ``lexicon/<language>.tsv`` files, or ``.tsv.gz`` (``word<TAB>log
+probability``, one word per line: a language's frequent words with their unigram frequencies). With them,
 a ``canvas_start="ctc"`` model reads its CTC log-probabilities (audio embeddings through
 the lm_head) with flashlight-text's ``LexiconDecoder``: a beam search over a trie of the
 words' spellings in the model's own tokens, scored by the CTC and by the word's log
@@ -13,12 +13,17 @@ reading. Classic CPU recognizers (Kaldi, vosk) lean on a lexicon the same way; t
 model's errors are mostly spelling by ear, which this fixes for words the lexicon holds.
 
 Only words in the lexicon can come out; a language without a file (Mandarin, which has no
-spaces to build words on) or an automatic language (no hint: which lexicon?) keeps the
-greedy reading. Decoders are built per language on first use (a 50,000-word trie: ~1 s).
+spaces to build words on) keeps the greedy reading. Without a hint (automatic language)
+:meth:`LexiconDecoding.decode_any` lets the audio choose: the lexicons whose alphabet
+covers most of the greedy reading's letters (so Hindi audio is not forced into Latin
+words, and Mandarin keeps its greedy Hanzi) each decode, and the best total score wins
+(the unigram tables are log probabilities of one size per language, so the scores
+compare). Decoders are built per language on first use (a 50,000-word trie: ~1 s).
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 from pathlib import Path
@@ -31,6 +36,7 @@ log = logging.getLogger("dgasr.lexicon")
 
 LEXICON_DIR = "lexicon"
 UNKNOWN_LOG_PROB = -20.0
+_SUFFIXES = (".tsv", ".tsv.gz")
 
 
 class LexiconDecoding:
@@ -45,12 +51,13 @@ class LexiconDecoding:
         self._chars = {name: i for i, name in enumerate(names) if len(name) == 1}
         self._space = self._chars.get(" ")
         self._decoders: dict[str, tuple] = {}
+        self._alphabets: dict[str, frozenset[str]] = {}
         if self._space is None:
             raise ValueError("lexicon decoding needs a tokenizer with a space token")
 
     @classmethod
     def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
-        files = {p.stem: p for p in sorted(Path(folder).glob("*.tsv"))}
+        files = {p.name.split(".")[0]: p for p in sorted(Path(folder).glob("*.tsv*")) if p.name.endswith(_SUFFIXES)}
         return cls(tokenizer, blank, files, **options) if files else None
 
     @property
@@ -84,7 +91,9 @@ class LexiconDecoding:
                     return state, 0.0
 
             words, scores = [], []
-            for line in self.files[language].read_text(encoding="utf-8").splitlines():
+            path = self.files[language]
+            body = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+            for line in body.decode("utf-8").splitlines():
                 word, _, score = line.partition("\t")
                 if word and set(word) <= self._chars.keys():
                     words.append(word)
@@ -100,6 +109,7 @@ class LexiconDecoding:
                                             -math.inf, 0.0, False, CriterionType.CTC)
             decoder = LexiconDecoder(options, trie, lm, self._space, self.blank, len(words) - 1, [], False)
             self._decoders[language] = (decoder, words, lm, trie)
+            self._alphabets[language] = frozenset(c for w in words[:-1] for c in w)
             log.info("lexicon for %s: %d words", language, len(words) - 1)
         return self._decoders[language]
 
@@ -108,6 +118,26 @@ class LexiconDecoding:
         None when there is no lexicon for ``language``."""
         if language not in self.files:
             return None
+        return self._decode(log_probs, language)[1]
+
+    def decode_any(self, log_probs: np.ndarray, greedy_text: str, min_cover: float = 0.6) -> list[int] | None:
+        """The best of every lexicon whose alphabet covers ``min_cover`` of the greedy reading's
+        letters; None (keep the greedy reading) when none does."""
+        letters = [c for c in greedy_text if not c.isspace()]
+        if not letters:
+            return None
+        best: tuple[float, list[int]] | None = None
+        for language in self.files:
+            self._decoder(language)
+            alphabet = self._alphabets[language]
+            if sum(c in alphabet for c in letters) < min_cover * len(letters):
+                continue
+            result = self._decode(log_probs, language)
+            if best is None or result[0] > best[0]:
+                best = result
+        return None if best is None else best[1]
+
+    def _decode(self, log_probs: np.ndarray, language: str) -> tuple[float, list[int]]:
         decoder, words, _, _ = self._decoder(language)
         emissions = np.full((log_probs.shape[0] + 1, log_probs.shape[1]), -30.0, dtype=np.float32)
         emissions[:-1] = log_probs
@@ -115,4 +145,4 @@ class LexiconDecoding:
         emissions = np.ascontiguousarray(emissions)
         best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
         text = " ".join(words[w] for w in best.words if 0 <= w < len(words) - 1)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return best.score, self.tokenizer.encode(text, add_special_tokens=False)
