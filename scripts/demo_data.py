@@ -40,7 +40,7 @@ import soundfile as sf
 import soxr
 
 __all__ = ["LANGS", "SAMPLE_RATE", "MAX_SECONDS", "TEMPLATES", "Split", "TRAIN", "HELDOUT", "Utterance", "word_list",
-           "sample_text", "sample_utterance", "heldout", "normalize"]
+           "sample_text", "sample_utterance", "heldout", "normalize", "shaped_noise"]
 
 LANGS = ("en", "de", "fr", "es", "hi", "zh")
 SAMPLE_RATE = 16000
@@ -229,15 +229,19 @@ def synthesize(engine: str, voice: str, text: str, speed: int, pitch: int, gap: 
     raise ValueError(f"unknown synthesizer {engine!r}")
 
 
-def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
-    white = rng.standard_normal(n).astype(np.float32)
-    kind = rng.integers(3)
+def shaped_noise(white: np.ndarray, kind: int) -> np.ndarray:
+    """``white`` (kind 0) as it is, or shaped to pink (1: power 1/f) or brown (2: 1/f^2), unit variance."""
     if kind == 0:
-        return white
+        return white.astype(np.float32)
     spectrum = np.fft.rfft(white)
     freqs = np.maximum(np.arange(spectrum.shape[0]), 1)
-    noise = np.fft.irfft(spectrum / (np.sqrt(freqs) if kind == 1 else freqs), n).astype(np.float32)
+    noise = np.fft.irfft(spectrum / (np.sqrt(freqs) if kind == 1 else freqs), white.shape[0]).astype(np.float32)
     return noise / (noise.std() + 1e-8)
+
+
+def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
+    white = rng.standard_normal(n).astype(np.float32)
+    return shaped_noise(white, int(rng.integers(3)))
 
 
 def _babble(rng: np.random.Generator, n: int, language: str) -> np.ndarray:

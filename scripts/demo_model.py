@@ -133,8 +133,7 @@ def export(source: str, target: Path, draft_steps: int, final_steps: int, whispe
     model = load_model(source, "cpu")
     model.spec = dataclasses.replace(model.spec, draft_steps=draft_steps, final_steps=final_steps)
     model.to(torch.device("cpu"), torch.float16).save(target)
-    for folder in [Path(whisper_dir)] if whisper_dir else []:
-        if (folder / "LICENSE.whisper").exists():
-            shutil.copy(folder / "LICENSE.whisper", target / "whisper" / "LICENSE.whisper")
+    if whisper_dir and (Path(whisper_dir) / "LICENSE.whisper").exists():
+        shutil.copy(Path(whisper_dir) / "LICENSE.whisper", target / "whisper" / "LICENSE.whisper")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(f"exported {source} -> {target} (fp16, {size / 1e6:.1f} MB, draft {draft_steps}, final {final_steps} steps)")

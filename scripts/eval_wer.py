@@ -193,9 +193,8 @@ def noise_finals(model, seconds: float, seed: int = 0) -> dict[str, list[str]]:
     rng = np.random.default_rng(seed)
     n = int(seconds * demo_data.SAMPLE_RATE)
     babble = sum(demo_data._babble(rng, n, lang) for lang in ("en", "de", "fr", "es", "hi", "zh"))
-    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.arange(n // 2 + 1), 1))
-    pink = np.fft.irfft(spectrum, n)
-    sounds = {"white": rng.standard_normal(n).astype(np.float32), "pink": (pink / pink.std()).astype(np.float32),
+    pink = demo_data.shaped_noise(rng.standard_normal(n), 1)
+    sounds = {"white": rng.standard_normal(n).astype(np.float32), "pink": pink,
               "babble": (babble / babble.std()).astype(np.float32)}
     engine = Engine(lambda: model, warmup=False).start()
     engine.wait_ready()
@@ -231,9 +230,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    load_model(args.model, args.device)
-    load_seconds = time.perf_counter() - t0
     rows = load_heldout(args.data)
     if args.per_language:
         seen: dict[str, int] = {}
@@ -242,7 +238,9 @@ def main() -> None:
     if not args.no_human:
         rows += load_human()
     sets = list(dict.fromkeys(r["set"] for r in rows))
+    t0 = time.perf_counter()
     model = load_model(args.model, args.device)
+    load_seconds = time.perf_counter() - t0
     columns: dict[str, list[str]] = {}
     if model.spec.canvas_start == "ctc":
         columns["ctc start"] = ctc_start(model, rows)
