@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
 
@@ -33,29 +34,56 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def write_costs(engine, model, args, seconds: float) -> int:
-    """Per batch size: median phase times of a few final-step batches -> encoder, prompt, one step."""
+def _speech(seconds: float, seed: int) -> np.ndarray:
+    """``seconds`` of English speech: bench_streams.py's sentences, 0.3 s apart, cut to length.
+
+    The cost file is measured on speech, as the server sees it: the per-row decode (the
+    lexicon's search, the word alignment) follows the words said and costs nothing on noise.
+    """
+    from audio_fixtures import speech_with_pauses
+    from bench_streams import PHRASES
+
+    parts: list[str | float] = []
+    for k in range(int(seconds // 2) + 2):
+        parts += [PHRASES[(seed + k) % len(PHRASES)], 0.3]
+    audio, _ = speech_with_pauses(parts, seed=seed)
+    return audio[: int(seconds * 16000)]
+
+
+def write_costs(engine, model, args, seconds: float, clips: list[np.ndarray] | None = None) -> int:
+    """Per batch size: median phase times of a few final-step batches of speech, served as the
+    server serves finals (the stream's language, word timings) -> encoder, prompt, one step, decode.
+
+    ``clips``: the requests' audio (default: espeak speech made here, :func:`_speech`).
+    """
     from costs import Costs
 
     spec = model.spec
     sizes = [int(x) for x in args.batches.split(",")]
-    encoder, prompt, step = [], [], []
+    clips = clips or [_speech(seconds, k) for k in range(8)]
+    encoder, prompt, step, decode = [], [], [], []
     for b in sizes:
         samples = []
         for r in range(max(3, args.repeats // 4)):
-            requests = [TranscribeRequest(_audio(seconds, r * b + k), spec.final_steps, seed=k) for k in range(b)]
+            requests = [TranscribeRequest(clips[(r * b + k) % len(clips)], spec.final_steps, args.language, seed=k,
+                                          word_timings=True) for k in range(b)]
             samples.append(engine.transcribe(requests)[0].timings)
         med = lambda f: statistics.median(getattr(t, f) for t in samples)  # noqa: E731
         encoder.append(round(med("features_ms") + med("audio_encoder_ms"), 3))
         prompt.append(round(med("prompt_encode_ms"), 3))
         step.append(round(med("denoise_ms") / spec.final_steps, 3))
-        print(f"batch {b:3d}: encoder {encoder[-1]:8.1f} ms  prompt {prompt[-1]:8.1f} ms  step {step[-1]:8.2f} ms")
-    label = args.label or f"{spec.name} on {model.device}, {seconds:.1f} s requests"
+        decode.append(round(med("decode_ms"), 3))
+        print(f"batch {b:3d}: encoder {encoder[-1]:8.1f} ms  prompt {prompt[-1]:8.1f} ms  step {step[-1]:8.2f} ms  "
+              f"decode {decode[-1]:8.1f} ms")
+    label = args.label or f"{spec.name} on {model.device}, {seconds:.1f} s requests of speech"
+    language = args.language or "automatic"
     Costs(label, "measured", str(model.device), spec.name, spec.window_seconds, spec.canvas_length,
           spec.draft_steps, spec.final_steps, sizes, encoder, prompt, step,
           notes=f"scripts/bench_engine.py --model {args.model} --device {args.device} --seconds {seconds:g} "
-                f"--batches {args.batches} --write-costs; torch threads {torch_threads()}",
-          request_seconds=seconds, encoder_scales=spec.encoder_bucket_seconds > 0).save(args.write_costs)
+                f"--batches {args.batches} --write-costs; torch threads {torch_threads()}; English speech, "
+                f"language {language}, finals with word timings",
+          request_seconds=seconds, encoder_scales=spec.encoder_bucket_seconds > 0, decode_ms=decode,
+          ).save(args.write_costs)
     print(f"wrote {args.write_costs}")
     engine.close()
     return 0
@@ -78,6 +106,8 @@ def main() -> int:
                    help="torch threads (default on a CPU: what dgasr-server uses, all cores but one)")
     p.add_argument("--write-costs", metavar="FILE", help="only measure a cost file (scripts/costs.py) and write it")
     p.add_argument("--label", default=None, help="with --write-costs: what the file describes")
+    p.add_argument("--language", default=None,
+                   help="with --write-costs: the requests' language hint (default: none, automatic, as /v1/listen)")
     args = p.parse_args()
 
     from server.cli.server import cpu_threads

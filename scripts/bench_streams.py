@@ -16,6 +16,11 @@ sustained: the most, among the counts run, with no final lost and final p95 at m
 ``--target-ms`` after the end of speech (default 2,100 ms: the 600 ms of silence that ends
 a segment plus the 1,500 ms target of ``scripts/capacity.py``).
 
+With ``--costs FILE`` (a cost file, ``scripts/costs.py``) each row also shows how long the
+live batches took against what the file predicts for the same batches (size, steps,
+longest audio): the share of the device the server process's own work takes, which the
+simulator (``scripts/capacity.py``) does not see.
+
 With ``--greedy N``, each run also has N more clients asking for ``--greedy-steps`` draft
 and final steps (the scheduler's fairness check): the table then reports the normal
 clients only, with the fair scheduler and with a first-come-first-served baseline
@@ -43,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from audio_fixtures import speech_with_pauses  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -138,8 +144,33 @@ async def _client(url: str, client: int, chunk_ms: int = 100, query: str = "") -
     return result
 
 
+class CostMeter:
+    """Wraps the engine's ``submit``: each batch's time in the engine thread, and the cost file's for it."""
+
+    def __init__(self, engine: Engine, costs_path: Path) -> None:
+        from costs import Costs
+
+        self.costs = Costs.load(costs_path)
+        self.pairs: list[tuple[float, float]] = []  # (live ms, predicted ms)
+        self._submit = engine.submit
+        engine.submit = self.submit
+
+    def submit(self, requests):
+        predicted = self.costs.batch_ms(len(requests), max(r.steps for r in requests),
+                                        max(len(r.audio) for r in requests) / 16000)
+        t0 = time.perf_counter()
+        future = self._submit(requests)
+        future.add_done_callback(lambda _: self.pairs.append(((time.perf_counter() - t0) * 1000, predicted)))
+        return future
+
+    def ratio(self) -> float:
+        """Live over predicted, summed over the batches since the last call."""
+        pairs, self.pairs = self.pairs, []
+        return sum(a for a, _ in pairs) / max(sum(p for _, p in pairs), 1e-9) if pairs else float("nan")
+
+
 async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64,
-               fifo: bool = False) -> dict:
+               fifo: bool = False, meter: CostMeter | None = None) -> dict:
     server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients + greedy)), engine)
     if fifo:
         server.scheduler = FifoScheduler()
@@ -162,6 +193,7 @@ async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, gr
         "engine": list(stats.engine_ms),
         "batch": statistics.mean(stats.batch_sizes) if stats.batch_sizes else 0.0,
         "vad": 1000 * sum(f for f, _ in server.feed_stats) / max(sum(a for _, a in server.feed_stats), 1e-9),
+        "live/cost": meter.ratio() if meter is not None else float("nan"),
     }
 
 
@@ -169,7 +201,7 @@ def _row(label: str, r: dict) -> str:
     return (
         f"{label:14s} {_pct(r['first'], .5):7.0f} {_pct(r['first'], .95):7.0f} {_pct(r['final'], .5):7.0f} "
         f"{_pct(r['final'], .95):7.0f} {_pct(r['wait'], .5):7.0f} {_pct(r['engine'], .5):7.0f} {r['batch']:6.1f} "
-        f"{r['lost']:3d}/{r['expected']:<3d} {r['vad']:6.2f}"
+        f"{r['lost']:3d}/{r['expected']:<3d} {r['vad']:6.2f} {r['live/cost']:9.2f}"
     )
 
 
@@ -182,8 +214,11 @@ async def main_async(args: argparse.Namespace) -> None:
     print("latencies in ms; first = speech onset -> first partial, final = end of speech -> final;")
     print("queue = job waiting for a batch, engine = one batch on the device, vad = ms of session CPU")
     print("(decode + resample + VAD) per second of audio")
+    meter = CostMeter(engine, args.costs) if args.costs else None
+    if meter is not None:
+        print(f"live/cost = engine time of the batches / {args.costs}'s time for the same batches")
     print(f"{'run':14s} {'first50':>7s} {'first95':>7s} {'final50':>7s} {'final95':>7s} {'queue50':>7s} "
-          f"{'engine50':>7s} {'batch':>6s} lost    vad")
+          f"{'engine50':>7s} {'batch':>6s} lost    vad live/cost")
     sustained = 0
     for n in args.clients:
         if args.greedy:
@@ -197,13 +232,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 ratio = _pct(run["final"], .95) / max(_pct(alone["final"], .95), 1e-9)
                 print(f"{'':14s} {label}: normal clients' final p95 with / without the greedy ones = {ratio:.2f}")
             continue
-        batched = await _run(engine, n, args.max_batch)
+        batched = await _run(engine, n, args.max_batch, meter=meter)
         print(_row(f"{n} x batched", batched), flush=True)
         if batched["lost"] == 0 and _pct(batched["final"], .95) <= args.target_ms:
             sustained = max(sustained, n)
         if args.no_single:
             continue
-        single = await _run(engine, n, 1)
+        single = await _run(engine, n, 1, meter=meter)
         print(_row(f"{n} x batch=1", single))
         ratio = _pct(single["final"], .95) / max(_pct(batched["final"], .95), 1e-9)
         print(f"{'':14s} final p95 batch=1 / batched = {ratio:.2f}")
@@ -222,6 +257,7 @@ def main() -> None:
     p.add_argument("--greedy", type=int, default=0, help="extra clients asking for --greedy-steps steps")
     p.add_argument("--greedy-steps", type=int, default=64)
     p.add_argument("--no-single", action="store_true", help="leave out the batch=1 comparison runs")
+    p.add_argument("--costs", type=Path, help="a cost file: also print live engine time / its prediction")
     p.add_argument("--target-ms", type=float, default=2100.0,
                    help="final p95 after the end of speech that a sustained client count stays under")
     asyncio.run(main_async(p.parse_args()))

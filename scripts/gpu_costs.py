@@ -16,8 +16,13 @@ simulator on it. The text is noise (random weights); the time is the real model'
 The prompt is shorter than the real one by the chat template's few tokens (the real
 tokenizer is not available offline; the 188 audio slots and the canvas are real).
 
-    python scripts/gpu_costs.py --out costs/h200-real-measured.json        # on the GPU (~4-6 min)
-    python scripts/gpu_costs.py --shrink --device cpu --out /tmp/dry.json  # the CPU dry run (tests)
+    python scripts/gpu_costs.py --save-speech runs/speech.npy                 # here: espeak speech
+    python scripts/gpu_costs.py --speech runs/speech.npy --out costs/h200-real-measured.json  # GPU (~4-6 min)
+    python scripts/gpu_costs.py --shrink --device cpu --out /tmp/dry.json    # the CPU dry run (tests)
+
+The speech (the simulator's clip, also looped into the cost requests) is made with
+espeak-ng, which a bare GPU machine does not have: ``--save-speech`` writes it where
+espeak is, and ``--speech`` reads it there (carry the file).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
     DiffusionGemmaConfig,
@@ -104,10 +110,23 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--shrink", action="store_true", help="a few layers and experts: the CPU dry run")
     parser.add_argument("--batches", default="1,2,4,8,16,32,64")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", type=Path, help="the cost file to write (required unless --save-speech)")
     parser.add_argument("--streams", default="4,8,12,16,24,32,48,64", help="for the capacity run on the result")
+    parser.add_argument("--speech", type=Path, help="the speech clip (.npy) from --save-speech (default: espeak here)")
+    parser.add_argument("--save-speech", type=Path, metavar="FILE", help="only write the speech clip, then exit")
     args = parser.parse_args()
+    import capacity
     from bench_engine import write_costs
+
+    if args.save_speech:
+        np.save(args.save_speech, capacity._speech())
+        print(f"wrote {args.save_speech}")
+        return
+    if args.out is None:
+        parser.error("--out is required")
+    audio = np.load(args.speech) if args.speech else capacity._speech()
+    if audio.dtype != np.float32 or audio.ndim != 1:
+        raise SystemExit(f"{args.speech}: expected 1-d float32 samples at 16 kHz, got {audio.dtype} {audio.shape}")
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
@@ -117,17 +136,16 @@ def main() -> None:
     print(f"built {params:.2f} B parameters on {device} in {time.perf_counter() - t0:.1f} s "
           f"(load + warm-up {engine.stats.load_seconds + engine.stats.warmup_seconds:.1f} s)", flush=True)
     options = SimpleNamespace(write_costs=str(args.out), batches=args.batches, repeats=12, model="real-size-random" + (" (shrunk)" if args.shrink
-                              else ""), device=args.device, label=None)
+                              else ""), device=args.device, label=None, language=None)
     options.label = (f"diffusion-gemma-asr-small sizes, random weights, on {torch.cuda.get_device_name(device)}"
                      if device.type == "cuda" else f"real-size-random{' (shrunk)' if args.shrink else ''} on {device}")
-    write_costs(engine, model, options, model.spec.window_seconds)
+    samples = int(model.spec.window_seconds * 16000)
+    clips = [np.resize(np.roll(audio, 16000 * k), samples) for k in range(8)]  # looped to the window
+    write_costs(engine, model, options, model.spec.window_seconds, clips)
     print(f"measured in {time.perf_counter() - t0:.0f} s", flush=True)
-    import capacity
-
     from costs import Costs
 
     costs = Costs.load(args.out)
-    audio = capacity._speech()
     for n in (int(x) for x in args.streams.split(",")):
         row = capacity.simulate(costs, n, 60.0, 16, audio)
         print(f"{n:4d} streams: final p95 {row['final_p95'] * 1000:6.0f} ms, util {row['utilisation']:4.0%}, "

@@ -34,6 +34,20 @@ def test_a_cost_file_interpolates_between_and_beyond_its_batch_sizes(tmp_path):
         Costs("x", "guess", "d", "m", 8.0, 32, 2, 8, [1], [1.0], [1.0], [1.0])
 
 
+def test_the_per_row_decode_is_charged_by_audio_length_and_old_files_charge_none(tmp_path):
+    plain = _costs(10.0, 5.0, 2.0)
+    decoding = Costs(**{**plain.__dict__, "decode_ms": [4.0, 16.0, 64.0], "request_seconds": 8.0})
+    assert decoding.batch_ms(4, 8) == pytest.approx(plain.batch_ms(4, 8) + 16.0)
+    # half the audio: half the decode, while a padded encoder (encoder_scales false) costs the same
+    assert decoding.batch_ms(4, 8, audio_seconds=4.0) == pytest.approx(plain.batch_ms(4, 8, 4.0) + 8.0)
+    assert plain.batch_ms(4, 8, 4.0) == plain.batch_ms(4, 8)
+    old = {k: v for k, v in plain.__dict__.items() if k != "decode_ms"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Costs.load(tmp_path / "old.json").batch_ms(4, 8) == plain.batch_ms(4, 8)
+    with pytest.raises(ValueError, match="decode_ms"):
+        Costs(**{**plain.__dict__, "decode_ms": [1.0]})
+
+
 @pytest.fixture(scope="module")
 def audio():
     return capacity._speech()
@@ -63,15 +77,22 @@ def test_bench_engine_writes_a_cost_file_the_simulator_reads(tmp_path):
                     "--batches", "1,2", "--repeats", "4", "--write-costs", str(out)], check=True, capture_output=True)
     costs = Costs.load(out)
     assert costs.kind == "measured" and costs.batch == [1, 2] and all(s > 0 for s in costs.step_ms)
+    assert len(costs.decode_ms) == 2 and "speech" in costs.notes and "language automatic" in costs.notes
     assert json.loads(out.read_text())["model"] == "tiny-random"
     shipped = Costs.load(ROOT / "costs" / "h200-real-estimate.json")
     assert shipped.kind == "estimate" and shipped.final_steps == 16
 
 
 def test_the_gpu_measurement_script_passes_its_cpu_dry_run_on_a_shrunken_real_config(tmp_path):
-    out = tmp_path / "dry.json"
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_costs.py"), "--shrink", "--device", "cpu",
-                          "--batches", "1,2", "--streams", "1", "--out", str(out)], capture_output=True, text=True)
+    """With the speech saved beforehand, as on a bare GPU machine: no espeak-ng on its PATH."""
+    out, speech = tmp_path / "dry.json", tmp_path / "speech.npy"
+    script = [sys.executable, str(ROOT / "scripts" / "gpu_costs.py")]
+    subprocess.run(script + ["--save-speech", str(speech)], check=True, capture_output=True)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    run = subprocess.run(script + ["--shrink", "--device", "cpu", "--batches", "1,2", "--streams", "1",
+                                   "--speech", str(speech), "--out", str(out)],
+                         capture_output=True, text=True, env={"PATH": str(bare), "HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr[-2000:]
     costs = Costs.load(out)
     assert costs.kind == "measured" and costs.canvas_length == 256 and costs.window_seconds == 30.0

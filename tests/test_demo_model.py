@@ -109,3 +109,14 @@ def test_noise_alone_gives_no_text(demo):
     finally:
         engine.close()
     assert [[f.text for f in r.finals if f.text] for r in results] == [[], []]
+
+
+def test_the_engine_warm_up_builds_every_lexicon_so_the_first_speaker_does_not_wait():
+    model = load_model("demo", "cpu")  # its own copy: the module's may have built some already
+    assert model.lexicon._decoders == {}
+    engine = Engine(lambda: model).start()
+    try:
+        engine.wait_ready()
+        assert sorted(model.lexicon._decoders) == sorted(model.lexicon.languages) == ["de", "en", "es", "fr", "hi"]
+    finally:
+        engine.close()

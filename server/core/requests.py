@@ -47,17 +47,24 @@ class TranscribeRequest:
 
 @dataclass(frozen=True)
 class PhaseTimings:
-    """Milliseconds spent by the batch this result came from, per phase."""
+    """Milliseconds spent by the batch this result came from, per phase.
+
+    ``decode_ms`` is the per-row work outside the batched passes: the CTC reading through
+    the lexicon (cold starts of a ``canvas_start: "ctc"`` model) and the word alignment of
+    finals. It follows the words in the audio, not the batch shape, so a cost measured on
+    noise misses it (``scripts/costs.py``).
+    """
 
     features_ms: float
     audio_encoder_ms: float
     prompt_encode_ms: float
     denoise_ms: float
     batch_size: int
+    decode_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        return self.features_ms + self.audio_encoder_ms + self.prompt_encode_ms + self.denoise_ms
+        return self.features_ms + self.audio_encoder_ms + self.prompt_encode_ms + self.denoise_ms + self.decode_ms
 
 
 @dataclass(frozen=True)

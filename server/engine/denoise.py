@@ -306,7 +306,7 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
     canvases: list[list[int]] = [[] for _ in requests]
     steps_run = [0] * len(requests)
     words: list[tuple] = [() for _ in requests]
-    features_ms = audio_ms = prompt_ms = denoise_ms = 0.0
+    features_ms = audio_ms = prompt_ms = denoise_ms = decode_ms = 0.0
     for samples, batch in by_length.items():
         t0 = _sync(device)
         features = log_mel(model.feature_extractor, [requests[i].audio for i in batch], samples, device)
@@ -336,21 +336,24 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                 languages = [requests[members[k]].language for k in cold]
                 for k, canvas in zip(cold, ctc_canvases(model, embeds[[rows[k] for k in cold]], languages)):
                     starts[k] = canvas
-            out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
             tc = _sync(device)
+            out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
+            td = _sync(device)
             for k, i, row, n in zip(rows, members, out, ran):
                 canvases[i], steps_run[i] = row, n
                 if requests[i].word_timings:
                     words[i] = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
                                             requests[i].audio.shape[0] / SAMPLE_RATE)
             prompt_ms += (tb - ta) * 1000
-            denoise_ms += (tc - tb) * 1000
+            denoise_ms += (td - tc) * 1000
+            decode_ms += (tc - tb + _sync(device) - td) * 1000
     timings = PhaseTimings(
         features_ms=features_ms,
         audio_encoder_ms=audio_ms,
         prompt_encode_ms=prompt_ms,
         denoise_ms=denoise_ms,
         batch_size=len(requests),
+        decode_ms=decode_ms,
     )
     return [
         TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings, words=w)
