@@ -54,6 +54,7 @@ from audio_fixtures import speech_with_pauses  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from server.cli.server import cpu_threads  # noqa: E402
+from server.core.pcm import SAMPLE_RATE  # noqa: E402
 from server.core.scheduler import Job, Scheduler  # noqa: E402
 from server.engine import Engine, load_model  # noqa: E402
 from server.service.config import ServerConfig  # noqa: E402
@@ -157,7 +158,7 @@ class CostMeter:
 
     def submit(self, requests):
         predicted = self.costs.batch_ms(len(requests), max(r.steps for r in requests),
-                                        max(len(r.audio) for r in requests) / 16000)
+                                        max(len(r.audio) for r in requests) / SAMPLE_RATE)
         t0 = time.perf_counter()
         future = self._submit(requests)
         future.add_done_callback(lambda _: self.pairs.append(((time.perf_counter() - t0) * 1000, predicted)))

@@ -5,8 +5,8 @@ How this works
 :class:`Engine` starts a single thread (``dgasr-engine``). That thread loads the model
 onto its device, warms it up (a draft and a final on silence, so the first real request
 pays no allocation or kernel-selection cost; a model with lexicons builds their decoders,
-~0.4 s each, which the first unhinted speaker would otherwise wait for), flips the state to ``READY`` and then
-serves batches from a small bounded queue, blocking on it (no polling). Because only
+~0.4 s each, which the first unhinted speaker would otherwise wait for), flips the state
+to ``READY`` and then serves batches from a small bounded queue, blocking on it (no polling). Because only
 this thread touches the model there is one CUDA context, one allocator and one copy of
 the weights for the whole process, however many clients connect.
 
