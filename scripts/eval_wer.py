@@ -6,7 +6,8 @@ Prints one table: WER for en/de/fr/es and CER for hi/zh on the held-out syntheti
 on human English (``human-en``: the 12 pocketsphinx-testdata recordings with transcripts),
 
 (a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps (and, for a
-    model whose canvas starts from its CTC reading, that reading alone: "ctc start");
+    model whose canvas starts from its CTC reading, that reading alone: "ctc start", and
+    read through the lexicon, the canvas the denoiser starts from: "lexicon start");
 (b) offline at the default final steps with no language hint ("auto");
 (c) through a running ``DgasrServer`` with real websocket clients streaming the wavs at
     real-time pace (several sessions at once): the finals, and the last partial of
@@ -122,12 +123,14 @@ def offline(model, rows: list[dict], steps: int, batch: int = 8, hinted: bool = 
     return hyps, time.perf_counter() - t0
 
 
-def ctc_start(model, rows: list[dict]) -> list[str]:
-    """The canvas a ``canvas_start="ctc"`` model starts from, decoded: what 0 denoising steps would say."""
+def ctc_start(model, rows: list[dict], lexicon: bool = False) -> list[str]:
+    """The canvas a ``canvas_start="ctc"`` model starts from, decoded: what 0 denoising steps would
+    say; the greedy reading, or (``lexicon``) that reading through the row's language's lexicon."""
     import torch
 
     with torch.inference_mode():
-        return [model.decode(ctc_canvases(model, embed_audio(model, [r["wav"]]))[0].tolist()) for r in rows]
+        return [model.decode(ctc_canvases(model, embed_audio(model, [r["wav"]]),
+                                          [r["language"]] if lexicon else None)[0].tolist()) for r in rows]
 
 
 def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
@@ -244,6 +247,8 @@ def main() -> None:
     columns: dict[str, list[str]] = {}
     if model.spec.canvas_start == "ctc":
         columns["ctc start"] = ctc_start(model, rows)
+        if model.lexicon is not None:
+            columns["lexicon start"] = ctc_start(model, rows, lexicon=True)
     for steps in [int(s) for s in args.steps.split(",")]:
         hyps, secs = offline(model, rows, steps)
         columns[f"{steps} steps"] = hyps

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Write a model directory's lexicon: ``lexicon/<language>.tsv.gz`` from wordfreq's frequent words.
 
-For each language with spaces (en, de, fr, es, hi): wordfreq's ``--top`` most frequent
-words whose letters the model's tokenizer has, plus the numbers 0-999, each with its
-unigram log probability (97% of the mass to the words by frequency, 3% spread evenly over
-the numbers). ``server/engine/lexicon.py`` decodes with them (see its docstring).
-Mandarin has no spaces to make words of and gets no file. Needs the ``train`` extra (wordfreq).
+For each language (en, de, fr, es, hi, zh): wordfreq's ``--top`` most frequent words
+whose letters the model's tokenizer has, plus the numbers 0-999, each with its unigram log
+probability (97% of the mass to the words by frequency, 3% spread evenly over the
+numbers). ``server/engine/lexicon.py`` decodes with them (see its docstring; Mandarin's
+words, as wordfreq segments them, are spelled without spaces). Needs the ``train`` extra
+(wordfreq). ``--languages`` writes only some.
 
     python scripts/make_lexicon.py runs/demo/export --top 50000
 """
@@ -20,13 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-LANGUAGES = ("en", "de", "fr", "es", "hi")
+LANGUAGES = ("en", "de", "fr", "es", "hi", "zh")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a model directory (dgasr layout)")
     parser.add_argument("--top", type=int, default=50_000)
+    parser.add_argument("--languages", default=",".join(LANGUAGES), help="comma-separated")
     args = parser.parse_args()
     import wordfreq
     from transformers import AutoTokenizer
@@ -35,9 +37,11 @@ def main() -> None:
     alphabet = {t for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if len(t) == 1}
     out = args.model / "lexicon"
     out.mkdir(exist_ok=True)
-    for language in LANGUAGES:
+    for language in args.languages.split(","):
+        # the list's own frequencies: word_frequency() would re-tokenize each word (for Mandarin with jieba)
+        table = wordfreq.get_frequency_dict(language)
         words = [w for w in wordfreq.top_n_list(language, args.top) if " " not in w and set(w) <= alphabet]
-        freqs = [wordfreq.word_frequency(w, language) + 1e-9 for w in words]
+        freqs = [table.get(w, 0.0) + 1e-9 for w in words]
         total = sum(freqs)
         rows = {w: math.log(0.97 * f / total) for w, f in zip(words, freqs)}
         for number in range(1000):

@@ -13,7 +13,12 @@ import torch
 from server.engine import TranscribeRequest, load_model
 from server.engine.denoise import ctc_canvases, run_batch
 from server.engine.frames import embed_audio
-from server.engine.lexicon import LEXICON_DIR, LexiconDecoding
+from server.engine.lexicon import (
+    LEXICON_DIR,
+    WEIGHTS_FILE,
+    LexiconDecoding,
+    LexiconWeights,
+)
 from server.engine.tiny import build_char_tokenizer, build_tiny_random
 
 WORDS = {"hello": -2.0, "world": -2.5, "help": -3.0, "word": -3.0, "old": -4.0}
@@ -95,3 +100,45 @@ def test_without_a_hint_the_lexicon_that_fits_the_audio_wins_and_an_uncovered_sc
     assert tokenizer.decode(english) == "hello world"
     assert decoding.decode_any(_emissions(tokenizer, "你好", blank), "你好") is None
     assert decoding.decode_any(_emissions(tokenizer, " ", blank), "") is None
+
+
+def test_a_language_without_spaces_decodes_into_its_words_joined_without_one(tmp_path):
+    """Mandarin: a frame torn between two characters that sound alike (世/市) is settled by the
+    words the lexicon knows, and the words come out joined with no space."""
+    folder = tmp_path / LEXICON_DIR
+    folder.mkdir()
+    (folder / "zh.tsv").write_text("你好\t-2.0\n世界\t-2.5\n市\t-6.0\n界\t-7.0\n是\t-3.0\n")
+    tokenizer = build_char_tokenizer(list("你好世界市是 "))
+    blank = tokenizer.pad_token_id
+    decoding = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
+    emissions = _emissions(tokenizer, "你好市界", blank)
+    torn = emissions[6].copy()  # the third character's frame: 市 a little likelier than 世
+    torn[tokenizer.convert_tokens_to_ids("市")] = math.log(0.5)
+    torn[tokenizer.convert_tokens_to_ids("世")] = math.log(0.4)
+    emissions[6] = torn
+    greedy = "".join(tokenizer.convert_ids_to_tokens([int(i) for i in emissions.argmax(-1) if i != blank]))
+    assert greedy == "你好市界"
+    assert tokenizer.decode(decoding.decode(emissions, "zh")) == "你好世界"
+    assert tokenizer.decode(decoding.decode_any(emissions, greedy)) == "你好世界"
+    assert tokenizer.decode(decoding.decode(_emissions(tokenizer, "是你好", blank), "zh")) == "是你好"
+
+
+def test_tuned_weights_saved_beside_the_lexicon_change_how_much_word_frequency_counts(tmp_path):
+    """``lexicon/weights.json`` (written by scripts/tune_lexicon.py) is read by from_dir: a
+    heavier lm_weight (with a word bonus that keeps words worth emitting) lets the far more
+    frequent "hello" beat the exactly spoken "help"."""
+    folder = tmp_path / LEXICON_DIR
+    folder.mkdir()
+    (folder / "en.tsv").write_text("hello\t-1.0\nhelp\t-6.0\n")
+    tokenizer = build_char_tokenizer(list("abcdefghijklmnopqrstuvwxyz "))
+    blank = tokenizer.pad_token_id
+    spoken = _emissions(tokenizer, "help", blank)
+    plain = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
+    assert plain.weights == {} and tokenizer.decode(plain.decode(spoken, "en")) == "help"
+    path = plain.write_weights({"en": LexiconWeights(lm_weight=5.0, word_score=10.0)})
+    assert path == folder / WEIGHTS_FILE
+    tuned = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
+    assert tuned.weights == {"en": LexiconWeights(5.0, 10.0)}
+    assert tokenizer.decode(tuned.decode(spoken, "en")) == "hello"
+    tuned.set_weights({})
+    assert tokenizer.decode(tuned.decode(spoken, "en")) == "help"

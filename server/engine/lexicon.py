@@ -12,42 +12,71 @@ start canvas, laid out as :func:`~server.engine.denoise.ctc_collapse` lays out a
 reading. Classic CPU recognizers (Kaldi, vosk) lean on a lexicon the same way; the demo
 model's errors are mostly spelling by ear, which this fixes for words the lexicon holds.
 
-Only words in the lexicon can come out; a language without a file (Mandarin, which has no
-spaces to build words on) keeps the greedy reading. Without a hint (automatic language)
+Only words in the lexicon can come out; a language without a file keeps the greedy
+reading. A language written without spaces (Mandarin, :data:`UNSPACED`) has its words
+spelled with no closing space and joined with none: the search then also chooses where
+words end, and the word probabilities pick among characters that sound alike (a greedy
+Hanzi reading of syllables is mostly homophone errors). Without a hint (automatic language)
 :meth:`LexiconDecoding.decode_any` lets the audio choose: the lexicons whose alphabet
 covers most of the greedy reading's letters (so Hindi audio is not forced into Latin
-words, and Mandarin keeps its greedy Hanzi) each decode, and the best total score wins
-(the unigram tables are log probabilities of one size per language, so the scores
-compare). Decoders are built per language on first use (a 50,000-word trie: ~0.4 s), or
-all at once by :meth:`LexiconDecoding.prepare`, which the engine's warm-up calls.
+words, nor Hanzi into either) each decode, and the best total score wins (the unigram
+tables are log probabilities of one size per language, so the scores compare).
+
+Each language's ``lm_weight`` and ``word_score`` may be tuned (``scripts/tune_lexicon.py``)
+and saved in ``lexicon/weights.json``; a language it does not name keeps the defaults. The
+search uses the language's own weights; the score :meth:`~LexiconDecoding.decode_any`
+compares re-weighs every language's result with the defaults, so that tuning one
+language does not make it win more often. Decoders are built per language on first use
+(a 50,000-word trie: ~0.4 s), or all at once by :meth:`LexiconDecoding.prepare`, which the
+engine's warm-up calls.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LEXICON_DIR", "LexiconDecoding"]
+__all__ = ["LEXICON_DIR", "UNSPACED", "WEIGHTS_FILE", "LexiconDecoding", "LexiconWeights"]
 
 log = logging.getLogger("dgasr.lexicon")
 
 LEXICON_DIR = "lexicon"
 UNKNOWN_LOG_PROB = -20.0
+# languages written without spaces between words: their lexicon words are spelled and joined without one
+UNSPACED = frozenset({"zh", "ja", "th"})
+WEIGHTS_FILE = "weights.json"
 _SUFFIXES = (".tsv", ".tsv.gz")
+
+
+@dataclass(frozen=True)
+class LexiconWeights:
+    """How a language's search weighs the word log probabilities against the CTC, and the bonus per word."""
+
+    lm_weight: float = 0.5
+    word_score: float = 1.0
+
+
+def read_weights(path: Path) -> dict[str, LexiconWeights]:
+    """``weights.json`` (``{"zh": {"lm_weight": 0.8, "word_score": 0.0}, ...}``) -> weights per language."""
+    body = json.loads(path.read_text(encoding="utf-8"))
+    return {language: LexiconWeights(**fields) for language, fields in body.items()}
 
 
 class LexiconDecoding:
     def __init__(self, tokenizer, blank: int, files: dict[str, Path], *, beam: int = 32, beam_tokens: int = 16,
-                 lm_weight: float = 0.5, word_score: float = 1.0) -> None:
+                 weights: dict[str, LexiconWeights] | None = None) -> None:
         self.tokenizer = tokenizer
         self.blank = blank
         self.files = files
         # beam_tokens: how many of each frame's most likely tokens a hypothesis may extend by
-        self.beam, self.beam_tokens, self.lm_weight, self.word_score = beam, beam_tokens, lm_weight, word_score
+        self.beam, self.beam_tokens = beam, beam_tokens
+        self.weights = dict(weights or {})
         names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self._chars = {name: i for i, name in enumerate(names) if len(name) == 1}
         self._space = self._chars.get(" ")
@@ -59,7 +88,24 @@ class LexiconDecoding:
     @classmethod
     def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
         files = {p.name.split(".")[0]: p for p in sorted(Path(folder).glob("*.tsv*")) if p.name.endswith(_SUFFIXES)}
-        return cls(tokenizer, blank, files, **options) if files else None
+        if not files:
+            return None
+        weights = Path(folder) / WEIGHTS_FILE
+        if weights.is_file() and "weights" not in options:
+            options["weights"] = read_weights(weights)
+        return cls(tokenizer, blank, files, **options)
+
+    def set_weights(self, weights: dict[str, LexiconWeights]) -> None:
+        """Replace the per-language weights (the decoders are rebuilt on next use)."""
+        self.weights = dict(weights)
+        self._decoders.clear()
+
+    def write_weights(self, weights: dict[str, LexiconWeights]) -> Path:
+        """Save ``weights`` as the lexicon folder's ``weights.json``, which :meth:`from_dir` reads."""
+        path = next(iter(self.files.values())).parent / WEIGHTS_FILE
+        body = {language: asdict(w) for language, w in sorted(weights.items())}
+        path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+        return path
 
     @property
     def languages(self) -> list[str]:
@@ -100,13 +146,15 @@ class LexiconDecoding:
                     words.append(word)
                     scores.append(float(score))
             trie = Trie(len(self.tokenizer), self._space)
+            closing = [] if language in UNSPACED else [self._space]
             for index, (word, score) in enumerate(zip(words, scores)):
-                trie.insert([self._chars[c] for c in word] + [self._space], index, score)
+                trie.insert([self._chars[c] for c in word] + closing, index, score)
             trie.smear(SmearingMode.MAX)
             words.append("<unk>")
             scores.append(UNKNOWN_LOG_PROB)
             lm = Unigram(scores)  # the decoder keeps a C++ pointer: this object must stay alive
-            options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, self.lm_weight, self.word_score,
+            weights = self.weights.get(language, LexiconWeights())
+            options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, weights.lm_weight, weights.word_score,
                                             -math.inf, 0.0, False, CriterionType.CTC)
             decoder = LexiconDecoder(options, trie, lm, self._space, self.blank, len(words) - 1, [], False)
             self._decoders[language] = (decoder, words, lm, trie)
@@ -150,5 +198,9 @@ class LexiconDecoding:
         emissions[-1, self._space] = 0.0  # a closing space frame, so the last word can end
         emissions = np.ascontiguousarray(emissions)
         best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
-        text = " ".join(words[w] for w in best.words if 0 <= w < len(words) - 1)
-        return best.score, self.tokenizer.encode(text, add_special_tokens=False)
+        found = [words[w] for w in best.words if 0 <= w < len(words) - 1]
+        separator = "" if language in UNSPACED else " "
+        # the score decode_any compares: one weighting for every language, whatever each searched with
+        common = LexiconWeights()
+        score = best.emittingModelScore + common.lm_weight * best.lmScore + common.word_score * len(found)
+        return score, self.tokenizer.encode(separator.join(found), add_special_tokens=False)
