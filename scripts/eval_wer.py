@@ -123,14 +123,20 @@ def offline(model, rows: list[dict], steps: int, batch: int = 8, hinted: bool = 
     return hyps, time.perf_counter() - t0
 
 
-def ctc_start(model, rows: list[dict], lexicon: bool = False) -> list[str]:
+def ctc_start(model, rows: list[dict]) -> tuple[list[str], list[str] | None]:
     """The canvas a ``canvas_start="ctc"`` model starts from, decoded: what 0 denoising steps would
-    say; the greedy reading, or (``lexicon``) that reading through the row's language's lexicon."""
+    say. The greedy reading, and (None without a lexicon) that reading through the row's
+    language's lexicon, both from one encoding of each row."""
     import torch
 
+    greedy, lexicon = [], []
     with torch.inference_mode():
-        return [model.decode(ctc_canvases(model, embed_audio(model, [r["wav"]]),
-                                          [r["language"]] if lexicon else None)[0].tolist()) for r in rows]
+        for r in rows:
+            embeds = embed_audio(model, [r["wav"]])
+            greedy.append(model.decode(ctc_canvases(model, embeds)[0].tolist()))
+            if model.lexicon is not None:
+                lexicon.append(model.decode(ctc_canvases(model, embeds, [r["language"]])[0].tolist()))
+    return greedy, lexicon if model.lexicon is not None else None
 
 
 def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
@@ -246,9 +252,9 @@ def main() -> None:
     load_seconds = time.perf_counter() - t0
     columns: dict[str, list[str]] = {}
     if model.spec.canvas_start == "ctc":
-        columns["ctc start"] = ctc_start(model, rows)
-        if model.lexicon is not None:
-            columns["lexicon start"] = ctc_start(model, rows, lexicon=True)
+        columns["ctc start"], lexicon_start = ctc_start(model, rows)
+        if lexicon_start is not None:
+            columns["lexicon start"] = lexicon_start
     for steps in [int(s) for s in args.steps.split(",")]:
         hyps, secs = offline(model, rows, steps)
         columns[f"{steps} steps"] = hyps

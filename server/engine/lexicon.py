@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LEXICON_DIR", "UNSPACED", "WEIGHTS_FILE", "LexiconDecoding", "LexiconWeights"]
+__all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "UNSPACED", "WEIGHTS_FILE", "LexiconDecoding", "LexiconWeights"]
 
 log = logging.getLogger("dgasr.lexicon")
 
@@ -61,6 +61,8 @@ class LexiconWeights:
     lm_weight: float = 0.5
     word_score: float = 1.0
 
+
+DEFAULT_WEIGHTS = LexiconWeights()  # a language weights.json does not name; the weighting decode_any compares with
 
 def read_weights(path: Path) -> dict[str, LexiconWeights]:
     """``weights.json`` (``{"zh": {"lm_weight": 0.8, "word_score": 0.0}, ...}``) -> weights per language."""
@@ -153,7 +155,7 @@ class LexiconDecoding:
             words.append("<unk>")
             scores.append(UNKNOWN_LOG_PROB)
             lm = Unigram(scores)  # the decoder keeps a C++ pointer: this object must stay alive
-            weights = self.weights.get(language, LexiconWeights())
+            weights = self.weights.get(language, DEFAULT_WEIGHTS)
             options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, weights.lm_weight, weights.word_score,
                                             -math.inf, 0.0, False, CriterionType.CTC)
             decoder = LexiconDecoder(options, trie, lm, self._space, self.blank, len(words) - 1, [], False)
@@ -201,6 +203,6 @@ class LexiconDecoding:
         found = [words[w] for w in best.words if 0 <= w < len(words) - 1]
         separator = "" if language in UNSPACED else " "
         # the score decode_any compares: one weighting for every language, whatever each searched with
-        common = LexiconWeights()
-        score = best.emittingModelScore + common.lm_weight * best.lmScore + common.word_score * len(found)
+        score = (best.emittingModelScore + DEFAULT_WEIGHTS.lm_weight * best.lmScore
+                 + DEFAULT_WEIGHTS.word_score * len(found))
         return score, self.tokenizer.encode(separator.join(found), add_special_tokens=False)
