@@ -71,14 +71,14 @@ def _split(words: int) -> demo_data.Split:
     return dataclasses.replace(demo_data.TRAIN_WIDE, name="train-live", other_engines=False, words=words)
 
 
+_SPLIT = _split(demo_data.WIDE_WORDS)  # main() sets --top-words before the workers fork
+
+
 def _synth(job: tuple[int, str, str]) -> tuple[str, str, np.ndarray]:
     seed, language, kind = job
     split = demo_data.HELDOUT if kind == "dev" else _SPLIT
     u = demo_data.sample_utterance(seed, language, split)
     return u.language, u.text, u.audio
-
-
-_SPLIT = _split(demo_data.WIDE_WORDS)
 
 
 def _use_words(path: Path | None) -> None:
@@ -145,6 +145,7 @@ class FrameStore:
 
 
 def _greedy(logits, blank: int = 0) -> list[list[int]]:
+    """Greedy CTC ids per row (server.engine.denoise.ctc_collapse, without the model and canvas)."""
     best = logits.argmax(-1).cpu().numpy()
     out = []
     for row in best:
@@ -155,6 +156,7 @@ def _greedy(logits, blank: int = 0) -> list[list[int]]:
 
 
 def _cer(ref: str, hyp: str) -> tuple[int, int]:
+    """(character edits, reference length); jiwer (and its rapidfuzz) are not on the GPU machine."""
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         cur = [i]
@@ -205,7 +207,7 @@ def main() -> None:
         return
     _use_words(args.words)
     global _SPLIT
-    _SPLIT = _split(args.top_words)  # before the workers fork: they inherit it
+    _SPLIT = _split(args.top_words)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers: one core each
     # Workers fork before the main process touches the device.
     pool = mp.get_context("fork").Pool(args.workers)
@@ -238,6 +240,7 @@ def _cuda() -> bool:
 def run(args, pool, dev_async, arrivals, stop, collector) -> None:
     import torch
     import torch.nn.functional as F
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
     from transformers import WhisperConfig, WhisperFeatureExtractor
@@ -254,6 +257,7 @@ def run(args, pool, dev_async, arrivals, stop, collector) -> None:
     spec = ModelSpec.load(args.model)
     whisper_dir = args.model / spec.parts.get("whisper", "whisper")
     extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    # loader.load_whisper_encoder's few lines again: the loader module imports DiffusionGemma
     whisper = WhisperEncoder(WhisperConfig.from_pretrained(whisper_dir))
     whisper.load_state_dict({k.removeprefix("model.encoder.").removeprefix("encoder."): v
                              for k, v in load_file(str(whisper_dir / "model.safetensors")).items()})
@@ -263,8 +267,6 @@ def run(args, pool, dev_async, arrivals, stop, collector) -> None:
                                load_file(str(args.model / "projector" / "projector.safetensors")).items()})
     projector = projector.to(device).train()
     embed_file = args.embeddings or args.model / "backbone" / "model.safetensors"
-    from safetensors import safe_open
-
     with safe_open(str(embed_file), "pt") as f:
         embed = f.get_tensor(EMBED_KEY).float().to(device)  # frozen: the decoder reads it too
     tokenizer = Tokenizer.from_file(str(args.model / "tokenizer" / "tokenizer.json"))
@@ -307,14 +309,25 @@ def run(args, pool, dev_async, arrivals, stop, collector) -> None:
         state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in projector.state_dict().items()}
         save_file(state, str(directory / "projector.safetensors"))
 
+    best = float("inf")
+
+    def checkpoint(label: str) -> None:
+        """Dev error per language; the projector to --out, and to best/ when the error is the lowest yet."""
+        nonlocal best
+        mean, per = evaluate()
+        if label != "start":
+            save(args.out)
+            if mean < best:
+                save(args.out / "best")
+        best = min(best, mean)
+        print(f"eval {label}: dev CTC CER {mean:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()), flush=True)
+
     params = list(projector.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     store = FrameStore(device, spec.projector.in_dim)
     pending: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
     rng = np.random.default_rng(args.seed_base)
-    mean, per = evaluate()
-    best = mean
-    print(f"eval start: dev CTC CER {mean:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()), flush=True)
+    checkpoint("start")
     collector.start()
     budget = args.minutes * 60
     t_train = time.time()
@@ -327,7 +340,7 @@ def run(args, pool, dev_async, arrivals, stop, collector) -> None:
         done = elapsed >= budget
         for _ in range(4 * args.encode_batch):  # take what the workers have made; one encode at most
             try:
-                language, text, audio = arrivals.get_nowait()
+                _, text, audio = arrivals.get_nowait()
             except queue.Empty:
                 break
             arrived += 1
@@ -372,21 +385,10 @@ def run(args, pool, dev_async, arrivals, stop, collector) -> None:
                   f"batch {x.shape[0]}x{x.shape[1]} encode {encode_s:.0f}s train {train_s:.0f}s", flush=True)
         if time.time() - last_eval >= args.eval_every:
             last_eval = time.time()
-            mean, per = evaluate()
-            save(args.out)
-            if mean < best:
-                best = mean
-                save(args.out / "best")
-            print(f"eval step {step}: dev CTC CER {mean:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()),
-                  flush=True)
+            checkpoint(f"step {step}")
     stop.set()
     pool.terminate()
-    mean, per = evaluate()
-    save(args.out)
-    if mean < best:
-        save(args.out / "best")
-    print(f"eval end step {step}: dev CTC CER {mean:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in per.items()),
-          flush=True)
+    checkpoint(f"end step {step}")
     print(f"done: {step} steps, {len(store)} utterances ({arrived} synthesized), "
           f"{rows_trained / max(len(store), 1):.1f} views each, {(time.time() - t_start) / 60:.1f} min", flush=True)
 
