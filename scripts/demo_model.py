@@ -40,15 +40,21 @@ from server.engine.spec import (  # noqa: E402
     WHISPER_FRAMES_PER_SECOND,
     ModelSpec,
     ProjectorConfig,
+    SamplerSettings,
 )
 from server.engine.tiny import build_char_tokenizer  # noqa: E402
 
-__all__ = ["WINDOW_SECONDS", "BUCKET_SECONDS", "CANVAS", "DIMS", "demo_spec", "build_tokenizer",
+__all__ = ["WINDOW_SECONDS", "BUCKET_SECONDS", "CANVAS", "SAMPLER", "DIMS", "demo_spec", "build_tokenizer",
            "build_demo", "export"]
 
 WINDOW_SECONDS = 10.0
 BUCKET_SECONDS = 1.0
 CANVAS = 160  # characters: 10 s of fast speech is ~150
+# The denoiser is small and its per-character distributions are flat: sampled at
+# transformers' default temperatures (0.8 -> 0.4) a second step starts from a canvas of
+# misspellings and returns garbage (2 steps: 105-124% WER). Near-greedy temperatures keep
+# every step count at least as good as one step, so a higher --final-steps is never a cliff.
+SAMPLER = SamplerSettings(t_min=0.05, t_max=0.1)
 DIMS = {"whisper": 512, "proj": 512, "kernel": 5, "context": 3, "hidden": 256, "layers": 2, "heads": 4}
 
 
@@ -70,6 +76,7 @@ def demo_spec(dims: dict = DIMS) -> ModelSpec:
         projector=projector,
         canvas_start="ctc",
         encoder_bucket_seconds=BUCKET_SECONDS,
+        sampler=SAMPLER,
     )
 
 
@@ -131,7 +138,7 @@ def export(source: str, target: Path, draft_steps: int, final_steps: int, whispe
     from server.engine.loader import load_model
 
     model = load_model(source, "cpu")
-    model.spec = dataclasses.replace(model.spec, draft_steps=draft_steps, final_steps=final_steps)
+    model.spec = dataclasses.replace(model.spec, draft_steps=draft_steps, final_steps=final_steps, sampler=SAMPLER)
     model.to(torch.device("cpu"), torch.float16).save(target)
     if whisper_dir and (Path(whisper_dir) / "LICENSE.whisper").exists():
         shutil.copy(Path(whisper_dir) / "LICENSE.whisper", target / "whisper" / "LICENSE.whisper")
