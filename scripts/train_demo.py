@@ -173,6 +173,9 @@ def main() -> None:
                         help="only synthesize frame shards FIRST..FIRST+COUNT-1 into --data, then exit")
     parser.add_argument("--wide", action="store_true",
                         help=f"with --make-shards: draw words from the {demo_data.WIDE_WORDS:,} most frequent, not 3,000")
+    parser.add_argument("--frequent", action="store_true",
+                        help="with --make-shards: --wide, with most word sequences drawn by frequency rank "
+                             "(function words as often as in speech)")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
     parser.add_argument("--draft-steps", type=int, default=1, help="with --export: the spec's draft steps")
     parser.add_argument("--final-steps", type=int, default=2, help="with --export: the spec's final steps")
@@ -184,7 +187,8 @@ def main() -> None:
         return
     if args.make_shards:
         make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed,
-                    split=demo_data.TRAIN_WIDE if args.wide else demo_data.TRAIN)
+                    split=demo_data.TRAIN_FREQUENT if args.frequent else demo_data.TRAIN_WIDE if args.wide
+                    else demo_data.TRAIN)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)

@@ -68,7 +68,7 @@ EMBED_KEY = "model.decoder.embed_tokens.weight"  # the backbone's tied input emb
 
 
 def _split(words: int) -> demo_data.Split:
-    return dataclasses.replace(demo_data.TRAIN_WIDE, name="train-live", other_engines=False, words=words)
+    return dataclasses.replace(demo_data.TRAIN_FREQUENT, name="train-live", other_engines=False, words=words)
 
 
 _SPLIT = _split(demo_data.WIDE_WORDS)  # main() sets --top-words before the workers fork
