@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_data  # noqa: E402
 from demo_model import build_demo, build_tokenizer, export  # noqa: E402
-from demo_shards import FramePool, make_shards  # noqa: E402
+from demo_shards import FramePool, make_shards, native_bf16  # noqa: E402
 
 from server.engine.denoise import ctc_collapse, encode_prompts  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
@@ -191,6 +191,9 @@ def main() -> None:
                     else demo_data.TRAIN)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.bf16 and device.type == "cpu" and not native_bf16():
+        print("--bf16 ignored: this CPU has no native bf16, where it runs several times slower than fp32", flush=True)
+        args.bf16 = False
     torch.manual_seed(args.seed)
     tok_dir = args.state.parent / "tokenizer"
     if not tok_dir.exists() and args.init_from and Path(args.init_from).is_dir():
