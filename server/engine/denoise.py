@@ -56,7 +56,7 @@ from server.core.requests import (
 
 from .frames import encode, log_mel
 from .model import AsrModel
-from .words import word_timings
+from .words import below_gate, word_timings
 
 __all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "ctc_collapse", "denoise"]
 
@@ -340,10 +340,15 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
             out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
             td = _sync(device)
             for k, i, row, n in zip(rows, members, out, ran):
-                canvases[i], steps_run[i] = row, n
-                if requests[i].word_timings:
-                    words[i] = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
-                                            requests[i].audio.shape[0] / SAMPLE_RATE)
+                steps_run[i] = n
+                short = 0 < len(model.decode(row).replace(" ", "")) <= spec.noise_gate.max_chars
+                if requests[i].word_timings or short:
+                    timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
+                                         requests[i].audio.shape[0] / SAMPLE_RATE)
+                    if short and below_gate(spec.noise_gate, timed):
+                        row, timed = [model.eos_token_id] * len(row), ()  # noise, not speech: empty
+                    words[i] = timed if requests[i].word_timings else ()
+                canvases[i] = row
             prompt_ms += (tb - ta) * 1000
             denoise_ms += (td - tc) * 1000
             decode_ms += (tc - tb + _sync(device) - td) * 1000

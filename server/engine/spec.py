@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core import pcm
 
-__all__ = ["LANGUAGES", "WHISPER_FRAMES_PER_SECOND", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
+__all__ = ["LANGUAGES", "WHISPER_FRAMES_PER_SECOND", "CANVAS_STARTS", "SamplerSettings", "ProjectorConfig", "NoiseGate", "ModelSpec", "SPEC_FILE", "FORMAT_VERSION"]
 
 LANGUAGES = pcm.LANGUAGES
 SPEC_FILE = "dgasr.json"
@@ -71,6 +71,22 @@ class ProjectorConfig:
 
 
 @dataclass(frozen=True)
+class NoiseGate:
+    """Which short transcripts come back empty: what a model makes of noise.
+
+    VAD passes loud noise (a fan, a crowd) as speech, and a model asked to read it returns
+    a letter or a character or two ("a", "中"). Such text is barely in the audio: its
+    tokens' CTC alignment scores (see :mod:`server.engine.words`) are low. A transcript of
+    at most ``max_chars`` characters (spaces aside) whose words' mean confidence is below
+    ``min_confidence`` is returned empty. ``max_chars = 0`` (the default) turns it off;
+    both are a model's own calibration, so they live in its ``dgasr.json``.
+    """
+
+    max_chars: int = 0
+    min_confidence: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the engine and the server need to know about one ASR model.
 
@@ -108,6 +124,7 @@ class ModelSpec:
     max_steps: int = 64
     sampler: SamplerSettings = SamplerSettings()
     projector: ProjectorConfig = ProjectorConfig()
+    noise_gate: NoiseGate = NoiseGate()
     merge_lora: bool = True
     canvas_start: str = "random"
     encoder_bucket_seconds: float = 0.0
@@ -153,6 +170,7 @@ class ModelSpec:
         projector = dict(data.get("projector", {}))
         projector["strides"] = tuple(projector.get("strides", ()))
         data["projector"] = ProjectorConfig(**projector)
+        data["noise_gate"] = NoiseGate(**data.get("noise_gate", {}))
         data["languages"] = tuple(data.get("languages", LANGUAGES))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known

@@ -12,6 +12,11 @@ word's time runs from its first token's first slot to its last token's last slot
 seconds from the start of the request's audio; its confidence is the mean of its
 tokens' scores. With a model whose lm_head cannot read the audio (tiny-random) the
 times are valid but meaningless.
+
+The same confidences gate noise: :func:`below_gate` says when a short transcript (a
+letter or two, what a model makes of a fan or a crowd that VAD let through) is too
+weakly in its audio to be speech; :func:`~server.engine.denoise.run_batch` then returns
+it empty (the model's ``noise_gate`` in its ``dgasr.json``; off unless it sets one).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from server.core.align import ctc_align
 from server.core.requests import WordTiming
 
 from .model import AsrModel
+from .spec import NoiseGate
 
-__all__ = ["word_timings"]
+__all__ = ["word_timings", "below_gate"]
 
 _SPACE = ("\u2581", " ", "\u0120")  # SentencePiece, plain, byte-level BPE word starts
 
@@ -61,3 +67,11 @@ def word_timings(model: AsrModel, embeds: torch.Tensor, canvas: list[int], secon
                    round(sum(scores) / len(scores), 3))
         for word, first, last, scores in words
     )
+
+
+def below_gate(gate: NoiseGate, words: tuple[WordTiming, ...]) -> bool:
+    """Whether a short transcript is too weakly in its audio to be speech (see :class:`NoiseGate`).
+
+    Text that cannot be aligned to the audio at all (no words) is below any gate.
+    """
+    return not words or sum(w.confidence for w in words) / len(words) < gate.min_confidence
