@@ -28,6 +28,7 @@ from server.core.events import (
 from server.core.pcm import Encoding
 from server.core.requests import PhaseTimings, TranscribeResult, WordTiming
 from server.core.scheduler import Job, JobKind
+from server.core.vad import VadConfig
 from server.core.session import (
     Output,
     Session,
@@ -48,6 +49,7 @@ THREE_SENTENCES: list[str | float] = [
     1.2,
 ]
 EOS = EndStream("eos")
+TAIL = VadConfig().samples(VadConfig().tail_ms)  # a segment ends this long after its last voiced frame
 FINALIZE = Finalize()
 
 
@@ -68,10 +70,12 @@ def encode(audio: np.ndarray, encoding: Encoding) -> bytes:
 
 
 def make_session(
-    encoding: Encoding = Encoding.PCM_S16LE, sample_rate: int = SR, interim: bool = True, clock: Clock | None = None
+    encoding: Encoding = Encoding.PCM_S16LE, sample_rate: int = SR, interim: bool = True, clock: Clock | None = None,
+    pause_draft_ms: int = 150,
 ) -> Session:
     params = StreamFormat(sample_rate=sample_rate, encoding=encoding, language="en", interim_results=interim)
-    return Session("s1", params, SessionConfig("tiny", draft_steps=2, final_steps=16), clock=clock or Clock())
+    config = SessionConfig("tiny", draft_steps=2, final_steps=16, pause_draft_ms=pause_draft_ms)
+    return Session("s1", params, config, clock=clock or Clock())
 
 
 def feed(session: Session, data: bytes, chunk: int | list[int] = 6400, clock: Clock | None = None) -> Output:
@@ -142,7 +146,9 @@ def test_session_announces_segments_with_drafts_and_one_final_when_three_sentenc
         drafts, final = jobs[:-1], jobs[-1]
         assert len(drafts) >= 2, f"segment {n}: {len(drafts)} drafts"
         ends = [d.end for d in drafts]
-        assert all(b - a >= 450 * SR // 1000 for a, b in zip(ends, ends[1:])), ends
+        # every 450 ms of new speech; the last one comes at the pause that ends the sentence
+        assert all(b - a >= 450 * SR // 1000 for a, b in zip(ends, ends[1:-1])), ends
+        assert ends[-1] > ends[-2] and ends[-1] == len(final.request.audio) - TAIL, ends
         assert [len(d.request.audio) for d in drafts] == ends
         assert final.request.steps == 16 and all(d.request.steps == 2 for d in drafts)
         assert len(final.request.audio) == round((end - start) * SR)
@@ -150,6 +156,27 @@ def test_session_announces_segments_with_drafts_and_one_final_when_three_sentenc
             np.testing.assert_array_equal(d.request.audio, final.request.audio[: d.end])
     assert session.segments == 3 and session.pending_finals == 3
     assert session.state is SessionState.STREAMING
+
+
+@pytest.mark.parametrize("chunk", [640, 6400])
+def test_session_drafts_all_the_speech_so_far_when_the_speaker_pauses(
+    three: tuple[np.ndarray, list[tuple[float, float]]], chunk: int
+) -> None:
+    """The last draft of each sentence covers it up to its last voiced frame, before the final;
+    with the pause draft off, drafts come only every 450 ms of speech and lag behind."""
+    audio, _ = three
+    data = encode(audio, Encoding.PCM_S16LE)
+    lags = {}
+    for pause_ms in (150, 0):
+        out = feed(make_session(pause_draft_ms=pause_ms), data, chunk)
+        lags[pause_ms] = []
+        for n in range(3):
+            drafts, final = of_kind(out.jobs, JobKind.DRAFT, n), of_kind(out.jobs, JobKind.FINAL, n)[0]
+            lags[pause_ms].append(len(final.request.audio) - TAIL - drafts[-1].end)
+            assert out.jobs.index(drafts[-1]) < out.jobs.index(final)
+            assert len({d.end for d in drafts}) == len(drafts)  # never the same audio twice
+    assert lags[150] == [0, 0, 0]
+    assert max(lags[0]) > 0, lags  # without it the last draft misses the end of a sentence
 
 
 def test_session_releases_finals_in_segment_order_when_jobs_complete_out_of_order(

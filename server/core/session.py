@@ -11,7 +11,9 @@ tests call it directly.
 Audio: client bytes -> :class:`PcmDecoder` -> :class:`StreamResampler` (to 16 kHz) ->
 :class:`Segmenter`. Segment events become ``SpeechStarted`` / ``SpeechStopped``. While a
 segment is open, every ``partial_interval_ms`` of new speech yields a draft job over the
-segment so far; when it closes, a final job. Engine results come back through
+segment so far, and so does a pause of ``pause_draft_ms`` after speech not drafted yet (the
+caption catches up with the speaker at each pause instead of lagging up to an interval
+behind until the final); when it closes, a final job. Engine results come back through
 :meth:`Session.job_done` (the update step of the engine loop).
 
 Guarantees kept here: for each segment ``SpeechStarted``, drafts, ``SpeechStopped``,
@@ -60,6 +62,7 @@ from server.core.vad import (
     SegmentEnded,
     Segmenter,
     SegmentEvent,
+    SegmenterState,
     SegmentStarted,
     VadConfig,
 )
@@ -99,6 +102,9 @@ class SessionConfig:
     final_steps: int
     vad: VadConfig = VadConfig()
     partial_interval_ms: int = 450
+    # A pause this long brings the drafts up to date (0: only every partial_interval_ms).
+    # Longer than webrtcvad's ~100 ms hangover, so a gap inside a word does not count.
+    pause_draft_ms: int = 150
     warm_start: bool = False
     seed: int = 0  # segment i's requests are seeded seed + i: same audio, same text, any batch
 
@@ -156,6 +162,7 @@ class Session:
         self._last_good = np.zeros(0, np.float32)  # stands in for a dropped frame
         self._close_reason = "eos"
         self._interval = int(config.partial_interval_ms * SAMPLE_RATE / 1000)
+        self._pause = int(config.pause_draft_ms * SAMPLE_RATE / 1000)
 
     # ---- inputs ------------------------------------------------------------
 
@@ -296,7 +303,19 @@ class Session:
 
     def _process(self, samples: np.ndarray) -> Output:
         self._input_samples += len(samples)
-        return self._on_events(self._segmenter.feed(self._resampler.process(samples)))
+        return self._on_events(self._segmenter.feed(self._resampler.process(samples))).extend(self._pause_draft())
+
+    def _pause_draft(self) -> Output:
+        """A draft of all the speech so far, once the speaker has paused ``pause_draft_ms``."""
+        index = self._segmenter.open_segment
+        segment = self._segments.get(index) if index is not None else None
+        if (segment is None or not self.stream.interim_results or not self._pause
+                or self._segmenter.state is not SegmenterState.TRAILING_SILENCE
+                or segment.length <= segment.drafted_at
+                or self._segmenter.position - (segment.start + segment.length) < self._pause):
+            return Output()
+        segment.drafted_at = segment.length
+        return Output(jobs=[self._job(segment, JobKind.DRAFT, self.config.draft_steps)])
 
     def _on_events(self, events: list[SegmentEvent]) -> Output:
         out = Output()

@@ -26,6 +26,7 @@ class ServerConfig:
     final_steps: int | None = None
     max_steps: int | None = None
     partial_interval_ms: int = 450
+    pause_draft_ms: int = 150  # a pause this long brings the partials up to date (0: off)
     vad_aggressiveness: int = 2
     silence_ms: int = 600
     max_sessions: int = 64
@@ -81,6 +82,7 @@ def session_config(config: ServerConfig, spec, draft_steps: int | None = None, f
         final_steps=clamp_steps(config, spec, final_steps, spec.final_steps, config.final_steps),
         vad=vad,
         partial_interval_ms=config.partial_interval_ms,
+        pause_draft_ms=config.pause_draft_ms,
         warm_start=config.warm_start,
         seed=seed,
     )
