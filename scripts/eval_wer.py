@@ -157,7 +157,8 @@ def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
     return statistics.median(ratios), model.spec.window_seconds / statistics.median(times)
 
 
-async def through_server(model_dir: str, rows: list[dict], concurrency: int, threads: int | None):
+async def through_server(model_dir: str, rows: list[dict], concurrency: int, threads: int | None,
+                         **server_options):
     """(finals text, last-partial text, final latencies ms) per row, streamed at real time."""
     from wsclient import running_server, stream
 
@@ -167,7 +168,7 @@ async def through_server(model_dir: str, rows: list[dict], concurrency: int, thr
     partials: list[str] = [""] * len(rows)
     latencies: list[float] = []
     try:
-        async with running_server(engine) as srv:
+        async with running_server(engine, **server_options) as srv:
             url = f"ws://127.0.0.1:{srv.port}"
             gate = asyncio.Semaphore(concurrency)
 
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, metavar="WHEELS_DIR",
                         help="add faster-whisper on the whisper-base wheels in this directory as a reference row")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pause-draft-ms", type=int, default=None,
+                        help="the server's --pause-draft-ms (default: its own; 0 turns the pause partial off)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="offline columns: cpu, cuda or cuda:N (the server runs on cpu)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -263,7 +266,9 @@ def main() -> None:
     rtf, window_rtf = final_rtf(model, rows)
     latencies: list[float] = []
     if not args.no_server:
-        finals, partials, latencies = asyncio.run(through_server(args.model, rows, args.concurrency, args.threads))
+        finals, partials, latencies = asyncio.run(through_server(
+            args.model, rows, args.concurrency, args.threads,
+            **({} if args.pause_draft_ms is None else {"pause_draft_ms": args.pause_draft_ms})))
         columns["server final"] = finals
         columns["server last partial"] = partials
     if args.reference and not args.no_human:

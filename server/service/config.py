@@ -26,7 +26,7 @@ class ServerConfig:
     final_steps: int | None = None
     max_steps: int | None = None
     partial_interval_ms: int = 450
-    pause_draft_ms: int = 150  # a pause this long brings the partials up to date (0: off)
+    pause_draft_ms: int = 0  # a pause this long brings the partials up to date (0: off)
     vad_aggressiveness: int = 2
     silence_ms: int = 600
     max_sessions: int = 64
