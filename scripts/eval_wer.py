@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
 from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
 from server.engine.frames import embed_audio  # noqa: E402
+from server.service.config import ServerConfig  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
 HUMAN = "human-en"
@@ -197,7 +198,7 @@ def noise_finals(model, seconds: float, seed: int = 0) -> dict[str, list[str]]:
     sys.path.insert(0, str(ROOT / "scripts"))
     import demo_data
 
-    from server.service.config import ServerConfig, session_config
+    from server.service.config import session_config
     from server.service.files import file_session, transcribe_offline
 
     rng = np.random.default_rng(seed)
@@ -231,8 +232,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, metavar="WHEELS_DIR",
                         help="add faster-whisper on the whisper-base wheels in this directory as a reference row")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--pause-draft-ms", type=int, default=None,
-                        help="the server's --pause-draft-ms (default: its own; 0 turns the pause partial off)")
+    parser.add_argument("--pause-draft-ms", type=int, default=ServerConfig.pause_draft_ms,
+                        help="the server's --pause-draft-ms (default: its own default; 0 is off)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="offline columns: cpu, cuda or cuda:N (the server runs on cpu)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -267,8 +268,7 @@ def main() -> None:
     latencies: list[float] = []
     if not args.no_server:
         finals, partials, latencies = asyncio.run(through_server(
-            args.model, rows, args.concurrency, args.threads,
-            **({} if args.pause_draft_ms is None else {"pause_draft_ms": args.pause_draft_ms})))
+            args.model, rows, args.concurrency, args.threads, pause_draft_ms=args.pause_draft_ms))
         columns["server final"] = finals
         columns["server last partial"] = partials
     if args.reference and not args.no_human:

@@ -13,8 +13,8 @@ Audio: client bytes -> :class:`PcmDecoder` -> :class:`StreamResampler` (to 16 kH
 segment is open, every ``partial_interval_ms`` of new speech yields a draft job over the
 segment so far, and, if ``pause_draft_ms`` is set, so does a pause that long after speech
 not drafted yet (the caption catches up with the speaker at each pause instead of lagging
-up to an interval behind until the final); when it closes, a final job. Engine results come back through
-:meth:`Session.job_done` (the update step of the engine loop).
+up to an interval behind until the final); when it closes, a final job. Engine results
+come back through :meth:`Session.job_done` (the update step of the engine loop).
 
 Guarantees kept here: for each segment ``SpeechStarted``, drafts, ``SpeechStopped``,
 then exactly one ``Final``; finals leave in segment order even if they complete out of
@@ -310,10 +310,10 @@ class Session:
 
     def _pause_draft(self) -> Output:
         """A draft of all the speech so far, once the speaker has paused ``pause_draft_ms``."""
-        index = self._segmenter.open_segment
-        segment = self._segments.get(index) if index is not None else None
-        if (segment is None or not self.stream.interim_results or not self._pause
-                or self._segmenter.state is not SegmenterState.TRAILING_SILENCE
+        if not self._pause or not self.stream.interim_results:
+            return Output()
+        segment = self._segments.get(self._segmenter.open_segment)
+        if (segment is None or self._segmenter.state is not SegmenterState.TRAILING_SILENCE
                 or segment.length <= segment.drafted_at
                 or self._segmenter.position - (segment.start + segment.length) < self._pause):
             return Output()

@@ -341,7 +341,8 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
             td = _sync(device)
             for k, i, row, n in zip(rows, members, out, ran):
                 steps_run[i] = n
-                short = 0 < len(model.decode(row).replace(" ", "")) <= spec.noise_gate.max_chars
+                short = spec.noise_gate.max_chars > 0 and (
+                    0 < len(model.decode(row).replace(" ", "")) <= spec.noise_gate.max_chars)
                 if requests[i].word_timings or short:
                     timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
                                          requests[i].audio.shape[0] / SAMPLE_RATE)
