@@ -25,8 +25,9 @@ class ServerConfig:
     draft_steps: int | None = None  # None: the model's default
     final_steps: int | None = None
     max_steps: int | None = None
-    partial_interval_ms: int = 450
-    pause_draft_ms: int = 0  # a pause this long brings the partials up to date (0: off)
+    # the session's own defaults, defined once in SessionConfig (why pause drafts are off: there)
+    partial_interval_ms: int = SessionConfig.partial_interval_ms
+    pause_draft_ms: int = SessionConfig.pause_draft_ms  # a pause this long brings the partials up to date (0: off)
     vad_aggressiveness: int = 2
     silence_ms: int = 600
     max_sessions: int = 64
