@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ new MutationObserver(() => {
   window.__partials.max = Math.max(window.__partials.max, n);
   if (n) window.__partials.seen++;
 }).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+
+SLOW_WORKLET = """
+const load = AudioWorklet.prototype.addModule;
+AudioWorklet.prototype.addModule = async function (url) {
+  await new Promise((r) => setTimeout(r, 2500));
+  return load.call(this, url);
+};
 """
 
 
@@ -95,6 +104,36 @@ def test_the_page_captions_a_fake_microphone_one_final_per_sentence_in_order(ser
     assert "listening" in status
     assert [c.content for c in cues] == [text for _, text in finals]  # the download holds what was shown
     assert all(c.start < c.end for c in cues) and cues[0].start.total_seconds() >= 0.3
+    assert foreign == []
+
+
+def test_a_slow_page_start_loses_none_of_the_first_sentence(server, tmp_path):
+    """The capture worklet takes 2.5 s to load and the server 2 s to answer the preflight (a
+    slow network): the microphone opens only once the worklet is ready, and what it captures
+    before the socket opens is held and sent first, so the first words are not lost."""
+    audio, truth = speech_with_pauses(THREE)
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    with sync_playwright() as p:
+        browser = _browser(p, wav)
+        context = browser.new_context()
+        foreign = _offline(context, server.port)
+        context.route("**/v1/listen?*", lambda route: (time.sleep(2.0), route.continue_()))
+        page = context.new_page()
+        page.add_init_script(SLOW_WORKLET)
+        page.goto(f"http://127.0.0.1:{server.port}/?autostart=1&language=en")
+        page.wait_for_function("document.querySelectorAll('.final[data-segment]').length >= 3", timeout=90_000)
+        page.wait_for_timeout(1000)
+        segments = page.eval_on_selector_all(".final[data-segment]", "els => els.map(e => e.dataset.segment)")
+        with page.expect_download() as download:
+            page.click("#downloads button[data-format=srt]")
+        cues = list(srt.parse(Path(download.value.path()).read_text()))
+        browser.close()
+    assert segments == ["0", "1", "2"]
+    # the first final starts where the first sentence does (0.8 s into the microphone's audio)
+    # and lasts the whole sentence
+    assert 0.3 <= cues[0].start.total_seconds() <= truth[0][0] + 0.3
+    assert cues[0].end.total_seconds() >= truth[0][1] - 0.3
     assert foreign == []
 
 

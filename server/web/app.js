@@ -14,6 +14,11 @@ const room = params.get("room"), publish = params.get("publish") === "1", speake
 const roomView = room && !publish;
 const finals = [];  // {segment, text, start, end, speaker} of everything captioned, for the downloads
 let socket = null, capture = null, wanted = false, retries = 0, retryTimer = null;
+// Microphone blocks (~100 ms each) captured while the socket is not open yet (connecting,
+// reconnecting): sent first once it opens, so the first words are not lost. Bounded: the
+// oldest go once more than HOLD_BLOCKS wait.
+const HOLD_BLOCKS = 100;
+const held = [];
 
 function say(text, problem = false) {
   statusLine.textContent = text;
@@ -102,13 +107,14 @@ function show(msg) {
 
 async function openMic() {
   const choice = $("mic").value;
+  const context = new AudioContext();  // ready before the microphone opens: no audio waits on it
+  await context.audioWorklet.addModule("/static/worklet.js");
   const media = await navigator.mediaDevices.getUserMedia({audio: {
     deviceId: choice ? {exact: choice} : undefined, channelCount: 1,
     echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
-  const context = new AudioContext();
-  await context.audioWorklet.addModule("/static/worklet.js");
   const source = context.createMediaStreamSource(media);
   const node = new AudioWorkletNode(context, "dgasr-capture");
+  node.port.onmessage = (e) => deliver(toPcm16(e.data));
   source.connect(node);
   await listMics();
   return {media, context, node};
@@ -119,6 +125,11 @@ async function listMics() {
   const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "audioinput");
   select.replaceChildren(new Option("default", ""), ...devices.map((d, i) => new Option(d.label || `microphone ${i + 1}`, d.deviceId)));
   select.value = keep;
+}
+
+function deliver(pcm) {
+  if (socket && socket.readyState === 1) socket.send(pcm);
+  else if (wanted) { held.push(pcm); if (held.length > HOLD_BLOCKS) held.shift(); }
 }
 
 function toPcm16(block) {
@@ -147,11 +158,10 @@ async function connect() {
   socket = ws;
   ws.onopen = () => {
     retries = 0;
-    if (capture) capture.node.port.onmessage = (e) => { if (ws.readyState === 1) ws.send(toPcm16(e.data)); };
+    if (!roomView) held.splice(0).forEach((pcm) => ws.send(pcm));
   };
   ws.onmessage = (e) => show(JSON.parse(e.data));
   ws.onclose = (e) => {
-    if (capture) capture.node.port.onmessage = null;
     if (socket === ws) socket = null;
     if (wanted) retry(e.reason || "connection lost");
     else say("stopped");
@@ -178,6 +188,7 @@ function stop() {
   startButton.textContent = "Start captions";
   startButton.classList.remove("running");
   if (socket && socket.readyState === 1) socket.send(JSON.stringify({type: "eos"}));  // finals still come, then closed
+  held.length = 0;
   if (capture) {
     capture.media.getTracks().forEach((t) => t.stop());
     capture.context.close();
