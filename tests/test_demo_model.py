@@ -30,11 +30,11 @@ from eval_wer import HUMAN, error_rate  # noqa: E402
 
 PER_LANGUAGE = 8
 # measured on this checkpoint with the same 8 held-out sentences per language, plus a margin
-# (2026-12-04, third checkpoint: en 39%, de 27%, fr 52%, es 22% WER; hi 11%, zh 23% CER;
-# human English 65% WER)
-HINTED_LIMITS = {"en": 0.49, "de": 0.37, "fr": 0.62, "es": 0.32, "hi": 0.21, "zh": 0.33}
+# of 7-8 points (2026-12-06, fifth checkpoint: en 39%, de 22%, fr 54%, es 18% WER; hi 13%,
+# zh 21% CER; human English 51% WER)
+HINTED_LIMITS = {"en": 0.47, "de": 0.30, "fr": 0.62, "es": 0.26, "hi": 0.21, "zh": 0.29}
 UNHINTED_FACTOR = 1.5  # no language hint: at most this times the hinted error, plus 5 points
-HUMAN_LIMIT = 0.75
+HUMAN_LIMIT = 0.60
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +119,44 @@ def test_noise_alone_gives_no_text(demo):
     n = 30 * 16000
     pink = demo_data.shaped_noise(rng.standard_normal(n), 1)
     sounds = [gain * s for s in (rng.standard_normal(n), pink) for gain in (0.1, 0.3)]
+    assert _finals(demo, [(None, s) for s in sounds]) == [[], [], [], []]
+
+
+def _finals(demo, clips: list[tuple[str | None, np.ndarray]]) -> list[list[str]]:
+    """Each clip's non-empty finals, through the VAD session a file goes through."""
     engine = Engine(lambda: demo, warmup=False).start()
     engine.wait_ready()
     try:
         config = session_config(ServerConfig(), demo.spec)
-        results = transcribe_offline(engine, [(file_session(config, None), s.astype(np.float32)) for s in sounds])
+        results = transcribe_offline(engine, [(file_session(config, lang), a.astype(np.float32)) for lang, a in clips])
     finally:
         engine.close()
-    assert [[f.text for f in r.finals if f.text] for r in results] == [[], [], [], []]
+    return [[f.text for f in r.finals if f.text] for r in results]
+
+
+def test_babble_gives_no_text_even_where_a_letter_of_it_aligns_confidently(demo):
+    """60 s of 18-30 espeak talkers at once (noise seed 23 of scripts/calibrate_noise_gate.py).
+
+    Its VAD segments hold seconds of sound each; the demo read one of them as "a" with
+    confidence 0.75, which only the gate's width-per-second limit empties.
+    """
+    import calibrate_noise_gate
+
+    babble = calibrate_noise_gate.noises(23)["babble"]
+    assert _finals(demo, [(None, 0.1 * babble)]) == [[]]
+
+
+def test_one_word_answers_are_not_taken_for_noise(demo):
+    """"no" and "好" (hao3), said alone by held-out espeak voices: short, weakly aligned, kept.
+
+    Their confidence (0.69 and 0.67) was under the gate's first threshold (0.7), which
+    emptied them; spoken in about a second, they carry enough text for their sound.
+    """
+    pad = np.zeros(6400, np.float32)
+    clips = [(lang, np.concatenate([pad, 0.5 * a / np.abs(a).max(), pad]))
+             for lang, a in (("en", demo_data.synthesize("espeak", "en-us+klatt3", "no", 170, 50, 0)),
+                             ("zh", demo_data.synthesize("espeak", "cmn-latn-pinyin+f3", "hao3", 160, 50, 0)))]
+    assert _finals(demo, clips) == [["no"], ["好"]]
 
 
 def test_the_engine_warm_up_builds_every_lexicon_so_the_first_speaker_does_not_wait():

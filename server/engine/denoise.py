@@ -56,7 +56,7 @@ from server.core.requests import (
 
 from .frames import encode, log_mel
 from .model import AsrModel
-from .words import below_gate, word_timings
+from .words import below_gate, is_short, word_timings
 
 __all__ = ["validate_request", "run_batch", "encode_prompts", "ctc_canvases", "ctc_collapse", "denoise"]
 
@@ -341,12 +341,12 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
             td = _sync(device)
             for k, i, row, n in zip(rows, members, out, ran):
                 steps_run[i] = n
-                short = spec.noise_gate.max_chars > 0 and (
-                    0 < len(model.decode(row).replace(" ", "")) <= spec.noise_gate.max_chars)
+                text = model.decode(row) if spec.noise_gate.max_chars > 0 else ""
+                short = is_short(spec.noise_gate, text)
                 if requests[i].word_timings or short:
-                    timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots,
-                                         requests[i].audio.shape[0] / SAMPLE_RATE)
-                    if short and below_gate(spec.noise_gate, timed):
+                    seconds = requests[i].audio.shape[0] / SAMPLE_RATE
+                    timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots, seconds)
+                    if short and below_gate(spec.noise_gate, text, timed, seconds):
                         row, timed = [model.eos_token_id] * len(row), ()  # noise, not speech: empty
                     words[i] = timed if requests[i].word_timings else ()
                 canvases[i] = row

@@ -75,15 +75,20 @@ class NoiseGate:
     """Which short transcripts come back empty: what a model makes of noise.
 
     VAD passes loud noise (a fan, a crowd) as speech, and a model asked to read it returns
-    a letter or a character or two ("a", "中"). Such text is barely in the audio: its
-    tokens' CTC alignment scores (see :mod:`server.engine.words`) are low. A transcript of
-    at most ``max_chars`` characters (spaces aside) whose words' mean confidence is below
-    ``min_confidence`` is returned empty. ``max_chars = 0`` (the default) turns it off;
-    both are a model's own calibration, so they live in its ``dgasr.json``.
+    a letter or a word or two ("a", "7", "des la"). Such text is barely in the audio: its
+    tokens' CTC alignment scores (see :mod:`server.engine.words`) are low, or it is far too
+    little text for the seconds of sound it came from (a crowd gives a segment of seconds,
+    a spoken "seven" one of about a second). A transcript at most ``max_chars`` wide (spaces
+    aside; a Hanzi, which is a syllable, counts two, as on a terminal) is returned empty
+    when its words' mean confidence is below ``min_confidence`` or when it has fewer than
+    ``min_chars_per_second`` of that width per second of its audio. ``max_chars = 0`` (the
+    default) turns it off; all three are a model's own calibration, so they live in its
+    ``dgasr.json``.
     """
 
     max_chars: int = 0
     min_confidence: float = 0.0
+    min_chars_per_second: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ tokens' scores. With a model whose lm_head cannot read the audio (tiny-random) t
 times are valid but meaningless.
 
 The same confidences gate noise: :func:`below_gate` says when a short transcript (a
-letter or two, what a model makes of a fan or a crowd that VAD let through) is too
-weakly in its audio to be speech; :func:`~server.engine.denoise.run_batch` then returns
+letter or a word, what a model makes of a fan or a crowd that VAD let through) is too
+weakly in its audio, or too little text for its seconds of sound, to be speech; :func:`~server.engine.denoise.run_batch` then returns
 it empty (the model's ``noise_gate`` in its ``dgasr.json``; off unless it sets one).
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 import torch
 
@@ -29,7 +31,7 @@ from server.core.requests import WordTiming
 from .model import AsrModel
 from .spec import NoiseGate
 
-__all__ = ["word_timings", "below_gate"]
+__all__ = ["word_timings", "text_width", "is_short", "below_gate"]
 
 _SPACE = ("\u2581", " ", "\u0120")  # SentencePiece, plain, byte-level BPE word starts
 
@@ -69,9 +71,26 @@ def word_timings(model: AsrModel, embeds: torch.Tensor, canvas: list[int], secon
     )
 
 
-def below_gate(gate: NoiseGate, words: tuple[WordTiming, ...]) -> bool:
+def text_width(text: str) -> int:
+    """How wide ``text`` is, spaces aside: a wide character (Hanzi, a whole syllable) counts two.
+
+    The gate's length limit is about how much was said; counted in code points, three
+    Hanzi (three syllables, often two words) would weigh as little as "the".
+    """
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text if not c.isspace())
+
+
+def is_short(gate: NoiseGate, text: str) -> bool:
+    """Whether the gate looks at ``text`` at all: non-empty and at most ``max_chars`` wide."""
+    return gate.max_chars > 0 and 0 < text_width(text) <= gate.max_chars
+
+
+def below_gate(gate: NoiseGate, text: str, words: tuple[WordTiming, ...], audio_seconds: float) -> bool:
     """Whether a short transcript is too weakly in its audio to be speech (see :class:`NoiseGate`).
 
-    Text that cannot be aligned to the audio at all (no words) is below any gate.
+    Text that cannot be aligned to the audio at all (no words) is below any gate; so is
+    too little text for the audio it came from (one letter out of seconds of babble).
     """
-    return not words or sum(w.confidence for w in words) / len(words) < gate.min_confidence
+    if not words or sum(w.confidence for w in words) / len(words) < gate.min_confidence:
+        return True
+    return text_width(text) < gate.min_chars_per_second * audio_seconds
