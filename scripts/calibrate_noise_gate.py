@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 from server.core.requests import WordTiming  # noqa: E402
 from server.engine import Engine, denoise, load_model  # noqa: E402
 from server.engine.spec import NoiseGate  # noqa: E402
-from server.engine.words import below_gate, text_width  # noqa: E402
+from server.engine.words import below_gate, is_short, text_width  # noqa: E402
 from server.service.config import ServerConfig, session_config  # noqa: E402
 from server.service.files import file_session, transcribe_offline  # noqa: E402
 
@@ -84,17 +84,6 @@ def answers() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def noises(seed: int, seconds: float = 60.0) -> dict[str, np.ndarray]:
-    """White, pink and babble, the way ``eval_wer.noise_finals`` makes them."""
-    import demo_data
-
-    rng = np.random.default_rng(seed)
-    n = int(seconds * demo_data.SAMPLE_RATE)
-    babble = sum(demo_data._babble(rng, n, lang) for lang in ("en", "de", "fr", "es", "hi", "zh"))
-    return {"white": rng.standard_normal(n).astype(np.float32), "pink": demo_data.shaped_noise(rng.standard_normal(n), 1),
-            "babble": (babble / babble.std()).astype(np.float32)}
-
-
 def record(model, clips: list[tuple[str, str | None, np.ndarray]]) -> list[Reading]:
     """Every transcript at most RECORD_WIDTH wide that the engine makes of ``clips`` (kind, language, audio)."""
     found: list[Reading] = []
@@ -123,7 +112,7 @@ def record(model, clips: list[tuple[str, str | None, np.ndarray]]) -> list[Readi
 
 def gated(gate: NoiseGate, r: Reading) -> bool:
     """What ``gate`` would make of one recorded reading (the engine's own decision)."""
-    if not 0 < text_width(r.text) <= gate.max_chars:
+    if not is_short(gate, r.text):
         return False
     words = (WordTiming(r.text, 0.0, r.seconds, r.confidence),) if r.aligned else ()  # their mean, as one word
     return below_gate(gate, r.text, words, r.seconds)
@@ -135,12 +124,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a demo_data.py directory of longer held-out speech")
     parser.add_argument("--seeds", default="1-39", help="noise seeds, FIRST-LAST")
     args = parser.parse_args()
+    import demo_data
     import eval_wer
 
     first, last = (int(x) for x in args.seeds.split("-"))
     model = load_model(args.model, device="cpu")
     clips = [(f"noise-{name}-{seed}", None, (gain * audio).astype(np.float32))
-             for seed in range(first, last + 1) for name, audio in noises(seed).items() for gain in (0.1, 0.3)]
+             for seed in range(first, last + 1) for name, audio in demo_data.noise_only(seed, 60.0).items()
+             for gain in (0.1, 0.3)]
     clips += [(f"answer-{language}", language, audio) for language, audio in answers()]
     rows = (eval_wer.load_heldout(args.data) if args.data else []) + eval_wer.load_human()
     clips += [(f"speech-{row['set']}", row["language"], row["wav"]) for row in rows]

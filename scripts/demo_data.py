@@ -275,6 +275,17 @@ def _babble(rng: np.random.Generator, n: int, language: str) -> np.ndarray:
     return out / (out.std() + 1e-8)
 
 
+def noise_only(seed: int, seconds: float) -> dict[str, np.ndarray]:
+    """White, pink and babble (18-30 espeak talkers in six languages at once), unit variance:
+    the noise-only sounds of ``eval_wer.py`` (seed 0) and ``calibrate_noise_gate.py`` (others)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    babble = sum(_babble(rng, n, lang) for lang in LANGS)
+    pink = shaped_noise(rng.standard_normal(n), 1)
+    return {"white": rng.standard_normal(n).astype(np.float32), "pink": pink,
+            "babble": (babble / babble.std()).astype(np.float32)}
+
+
 def augment(rng: np.random.Generator, audio: np.ndarray, language: str, split: Split) -> np.ndarray:
     """Speed, reverb, telephone band, silences, noise at a random SNR, gain."""
     if rng.random() < 0.3:

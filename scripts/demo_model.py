@@ -60,7 +60,7 @@ SAMPLER = SamplerSettings(t_min=0.05, t_max=0.1)
 # "a", "7", "des la"), weakly aligned or from seconds of sound; a spoken one-word answer is
 # about a second long and its confidence is often low too (the demo heard few of them).
 # scripts/calibrate_noise_gate.py (noise seeds 1-39, one-word answers in held-out voices):
-# at most 6 wide, confidence 0.5, 0.75 wide per second passes 3 of 35 noise readings and
+# at most 6 wide, confidence 0.5, 0.75 wide per second passes 3 of 40 noise readings and
 # loses 31 of 131 short speech readings (the earlier 3 / 0.7 / none: 10 and 53).
 NOISE_GATE = NoiseGate(max_chars=6, min_confidence=0.5, min_chars_per_second=0.75)
 DIMS = {"whisper": 512, "proj": 512, "kernel": 5, "context": 3, "hidden": 256, "layers": 2, "heads": 4}

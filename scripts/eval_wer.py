@@ -193,7 +193,7 @@ async def through_server(model_dir: str, rows: list[dict], concurrency: int, thr
 
 
 def noise_finals(model, seconds: float, seed: int = 0) -> dict[str, list[str]]:
-    """Non-empty finals on noise-only audio (white, pink, babble of six espeak talkers at once),
+    """Non-empty finals on noise-only audio (white, pink, babble: ``demo_data.noise_only``),
     ``seconds`` of each, through the same VAD session and engine as ``dgasr-transcribe``."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import demo_data
@@ -201,12 +201,7 @@ def noise_finals(model, seconds: float, seed: int = 0) -> dict[str, list[str]]:
     from server.service.config import session_config
     from server.service.files import file_session, transcribe_offline
 
-    rng = np.random.default_rng(seed)
-    n = int(seconds * demo_data.SAMPLE_RATE)
-    babble = sum(demo_data._babble(rng, n, lang) for lang in ("en", "de", "fr", "es", "hi", "zh"))
-    pink = demo_data.shaped_noise(rng.standard_normal(n), 1)
-    sounds = {"white": rng.standard_normal(n).astype(np.float32), "pink": pink,
-              "babble": (babble / babble.std()).astype(np.float32)}
+    sounds = demo_data.noise_only(seed, seconds)
     engine = Engine(lambda: model, warmup=False).start()
     engine.wait_ready()
     try:

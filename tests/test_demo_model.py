@@ -140,9 +140,7 @@ def test_babble_gives_no_text_even_where_a_letter_of_it_aligns_confidently(demo)
     Its VAD segments hold seconds of sound each; the demo read one of them as "a" with
     confidence 0.75, which only the gate's width-per-second limit empties.
     """
-    import calibrate_noise_gate
-
-    babble = calibrate_noise_gate.noises(23)["babble"]
+    babble = demo_data.noise_only(23, 60.0)["babble"]
     assert _finals(demo, [(None, 0.1 * babble)]) == [[]]
 
 

@@ -15,8 +15,9 @@ times are valid but meaningless.
 
 The same confidences gate noise: :func:`below_gate` says when a short transcript (a
 letter or a word, what a model makes of a fan or a crowd that VAD let through) is too
-weakly in its audio, or too little text for its seconds of sound, to be speech; :func:`~server.engine.denoise.run_batch` then returns
-it empty (the model's ``noise_gate`` in its ``dgasr.json``; off unless it sets one).
+weakly in its audio, or too little text for its seconds of sound, to be speech;
+:func:`~server.engine.denoise.run_batch` then returns it empty (the model's ``noise_gate``
+in its ``dgasr.json``; off unless it sets one).
 """
 
 from __future__ import annotations
