@@ -199,6 +199,22 @@ def test_segmenter_ends_segment_when_background_noise_jumps_after_speech(dbfs: f
     assert end / SR <= noise_start + 1.5 + 0.6 + 0.2
 
 
+def test_segmenter_starts_first_segment_before_first_word_when_mic_opens_with_digital_zeros() -> None:
+    """A browser microphone that opens with a few ms of digital zeros, then -60 dBFS room noise.
+
+    Recorded from Chromium's fake microphone in tests/test_page.py: 29 ms of zeros at 44.1 kHz
+    left the first 30 ms frame with 10-20 samples of noise (-78 dB). As the noise floor it let
+    the room noise after it through the energy gate, webrtcvad called some of that speech,
+    and the first segment started at 0.0 s instead of 0.3 s before the first word (0.8 s).
+    """
+    audio, truth = speech_with_pauses([0.8, "Welcome to the live caption test.", 1.0])
+    for zeros in range(440, 481, 2):  # where the capture's first sample falls in the first frame
+        opened = audio.copy()
+        opened[:zeros] = 0.0
+        starts = [e.start / SR for e in run(opened) if isinstance(e, SegmentStarted)]
+        assert len(starts) == 1 and truth[0][0] - 0.45 <= starts[0] <= truth[0][0] - 0.2, (zeros, starts)
+
+
 @pytest.mark.parametrize("kind", ["click", "beep", "burst"])
 def test_segmenter_ignores_blip_when_sound_lasts_100ms(kind: str) -> None:
     """A 100 ms click, beep or noise burst is never announced as a segment."""
