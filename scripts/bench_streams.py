@@ -10,7 +10,8 @@ time, and reports p50/p95 of:
 * engine queueing and engine time per batch, and the share of finals lost (must be 0),
 
 then does the same with batching disabled (max batch 1) and prints the ratio (``--no-single``
-leaves that out). The speech is espeak-ng sentences (known onsets/ends) separated by pauses;
+leaves that out; ``--mixed`` adds a run where drafts fill the finals' batches, as the scheduler
+did before it sent finals alone on CPU threads, and the ratio of its final p95). The speech is espeak-ng sentences (known onsets/ends) separated by pauses;
 every client gets its own text. The last line says how many clients the batched server
 sustained: the most, among the counts run, with no final lost and final p95 at most
 ``--target-ms`` after the end of speech (default 2,100 ms: the 600 ms of silence that ends
@@ -171,10 +172,12 @@ class CostMeter:
 
 
 async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64,
-               fifo: bool = False, meter: CostMeter | None = None) -> dict:
+               fifo: bool = False, meter: CostMeter | None = None, mixed: bool = False) -> dict:
     server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients + greedy)), engine)
     if fifo:
         server.scheduler = FifoScheduler()
+    if mixed:  # drafts fill finals' batches even on CPU threads (the scheduler before 2026-12-06)
+        server.scheduler.drafts_with_finals = True
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"
     hogs = f"?draft_steps={greedy_steps}&final_steps={greedy_steps}"
@@ -237,6 +240,11 @@ async def main_async(args: argparse.Namespace) -> None:
         print(_row(f"{n} x batched", batched), flush=True)
         if batched["lost"] == 0 and _pct(batched["final"], .95) <= args.target_ms:
             sustained = max(sustained, n)
+        if args.mixed:
+            mixed = await _run(engine, n, args.max_batch, meter=meter, mixed=True)
+            print(_row(f"{n} x mixed", mixed))
+            ratio = _pct(mixed["final"], .95) / max(_pct(batched["final"], .95), 1e-9)
+            print(f"{'':14s} final p95 drafts riding with finals / as served = {ratio:.2f}")
         if args.no_single:
             continue
         single = await _run(engine, n, 1, meter=meter)
@@ -258,6 +266,8 @@ def main() -> None:
     p.add_argument("--greedy", type=int, default=0, help="extra clients asking for --greedy-steps steps")
     p.add_argument("--greedy-steps", type=int, default=64)
     p.add_argument("--no-single", action="store_true", help="leave out the batch=1 comparison runs")
+    p.add_argument("--mixed", action="store_true",
+                   help="also run with drafts filling finals' batches (on CPU the server sends finals alone)")
     p.add_argument("--costs", type=Path, help="a cost file: also print live engine time / its prediction")
     p.add_argument("--target-ms", type=float, default=2100.0,
                    help="final p95 after the end of speech that a sustained client count stays under")

@@ -43,6 +43,18 @@ def test_scheduler_puts_finals_before_drafts_when_drafts_submitted_first() -> No
     assert len(s) == 0
 
 
+def test_scheduler_sends_finals_without_drafts_when_rows_cost_their_sum() -> None:
+    """An engine on CPU threads: a draft in a final's batch would delay the final by its whole
+    cost, so finals go alone and the drafts follow in the next batch."""
+    s = Scheduler(drafts_with_finals=False)
+    for j in [job("a", 0, DRAFT), job("b", 0, DRAFT), job("c", 3, FINAL), job("d", 1, FINAL)]:
+        s.submit(j)
+    assert [tags(b) for b in drain(s, 4)] == [
+        [("c", 3, "final"), ("d", 1, "final")],
+        [("a", 0, "draft"), ("b", 0, "draft")],
+    ]
+
+
 def test_scheduler_respects_batch_bound_when_many_jobs_wait() -> None:
     """Seven finals and three drafts with max_batch 3 give batches of 3,3,3,1 in order."""
     s = Scheduler()

@@ -20,6 +20,12 @@ share of the device does not grow with the steps it asks for, and a session that
 quiet is not owed a burst (it rejoins at the lowest charge of the sessions waiting).
 A session's own finals keep their order.
 
+Where a batch costs about the sum of its rows (an engine on CPU threads: rows of different
+encoder buckets are encoded one after another, and even rows of one bucket share little),
+a draft riding with a final only delays the final by the draft's whole cost; with
+``drafts_with_finals=False`` a batch that has finals takes no drafts (the server sets it
+for an engine on CPU). On a GPU extra rows are nearly free, and they ride along.
+
 If the engine fails a batch, the loop calls :meth:`retry` with the finals of that batch;
 they go back to the front of the queue marked for a batch of their own, so one poisoned
 request cannot keep failing others.
@@ -71,15 +77,17 @@ class Scheduler:
     Args:
         max_finals: bound on waiting finals; sessions apply backpressure well before it
             (each has a small cap of its own), so hitting it is a bug, reported loudly.
+        drafts_with_finals: whether drafts may fill a batch that has finals (see above).
     """
 
-    def __init__(self, max_finals: int = 4096) -> None:
+    def __init__(self, max_finals: int = 4096, drafts_with_finals: bool = True) -> None:
         self._finals: OrderedDict[Hashable, deque[Job]] = OrderedDict()  # per session, in its order
         self._retries: deque[Job] = deque()  # finals of a failed batch, each to run alone
         self._drafts: OrderedDict[Hashable, Job] = OrderedDict()
         self._charged: dict[Hashable, int] = {}  # steps of device work taken per session
         self._final_count = 0
         self.max_finals = max_finals
+        self.drafts_with_finals = drafts_with_finals
         self.dropped_drafts = 0
 
     def __len__(self) -> int:
@@ -130,6 +138,8 @@ class Scheduler:
             return []
         ceiling = heads[self._order(heads)[0]].request.steps
         batch = self._take_finals(max_batch, ceiling)
+        if batch and not self.drafts_with_finals:
+            return batch
         return batch + self._take_drafts(max_batch - len(batch), ceiling)
 
     def retry(self, finals: Iterable[Job]) -> None:

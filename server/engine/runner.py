@@ -128,6 +128,11 @@ class Engine:
         return self._model
 
     @property
+    def cpu_threads(self) -> int | None:
+        """The torch threads of an engine on CPU (None: on a GPU, or torch's own default)."""
+        return self._threads
+
+    @property
     def spec(self) -> ModelSpec:
         return self.model.spec
 

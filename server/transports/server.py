@@ -106,7 +106,8 @@ class DgasrServer:
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.scheduler = Scheduler()
+        # on CPU threads a batch costs the sum of its rows: finals go without drafts riding along
+        self.scheduler = Scheduler(drafts_with_finals=engine.cpu_threads is None)
         self.loop: EngineLoop | None = None
         self.registry = SessionRegistry()
         self.metrics = Metrics(device_memory=engine.device_memory_bytes)
