@@ -275,19 +275,22 @@ class Segmenter:
         ends. The floor here is the quietest frame of the last ``noise_window_s``, which
         catches up with any such jump within that window; speech sits well above it.
 
-        A frame that is mostly digital zeros (at least half its samples quantize to 0) is no
-        signal, not background, and does not enter the floor: a browser microphone that
-        opens with a few milliseconds of zeros made one frame of -78 dB the floor for 1.5 s,
-        the -60 dB room noise after it passed the gate, and webrtcvad called some of it
-        speech, so the first segment started at the stream's first sample instead of 0.3 s
-        before the first word.
+        A frame that is partly digital zeros (samples that quantize to 0) enters the floor
+        with the energy of its other samples: the zeros are no signal, not a quieter
+        background. A browser microphone that opens with a few milliseconds of zeros made
+        one frame of -78 dB the floor for 1.5 s, the -60 dB room noise after it passed the
+        gate, and webrtcvad called some of it speech, so the first segment started at the
+        stream's first sample instead of 0.3 s before the first word. A frame of nothing
+        but zeros keeps its own (lowest) energy: in clean audio with digitally silent pauses
+        the gate then stands aside and webrtcvad alone decides, as it always has there.
         """
         pcm = float_to_s16(frame)
         speech = self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)  # always: it keeps state
         energy_db = 10.0 * math.log10(float(np.dot(frame, frame)) / len(frame) + 1e-10)
-        if 2 * np.count_nonzero(pcm) >= len(pcm):
-            self._energies.append(energy_db)
-        return speech and energy_db >= min(self._energies, default=energy_db) + self.config.energy_gate_db
+        signal = np.count_nonzero(pcm)
+        heard = energy_db if signal in (0, len(pcm)) else energy_db + 10.0 * math.log10(len(pcm) / signal)
+        self._energies.append(heard)
+        return speech and energy_db >= min(self._energies) + self.config.energy_gate_db
 
     def _process_frame(self, frame: np.ndarray, out: EventCollector) -> None:
         if self._state in _OPEN and self._seg_len + len(frame) > self._max_len:
