@@ -145,7 +145,7 @@ def main() -> None:
               f"{text_width(r.text) / r.seconds:.2f} wide/s of {r.seconds:.2f} s")
     print("| max wide | min confidence | min wide/s | noise passed | speech lost |")
     print("|---|---|---|---|---|")
-    grid = [NoiseGate(m, c, d) for m, c, d in itertools.product((3, 4, 6, 8), (0.4, 0.5, 0.6, 0.7), (0.0, 0.75, 1.0))]
+    grid = [NoiseGate(m, c, d) for m, c, d in itertools.product((3, 4, 6, 8), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.75, 1.0, 1.3))]
     for gate in [model.spec.noise_gate] + grid:
         passed = sum(not gated(gate, r) for r in noise)
         lost = sum(gated(gate, r) for r in speech)

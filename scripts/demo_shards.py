@@ -93,6 +93,8 @@ class FramePool:
         self.root, self.tokenizer, self.frames_per_batch = root, tokenizer, frames_per_batch
         self.arrays: list[np.ndarray] = []
         self.rows: list[tuple[int, int, int, list[int], str]] = []  # (array, start, frames, token ids, language)
+        self.texts: list[str] = []  # each row's transcript
+        self.last_picks: np.ndarray | None = None  # the rows the last batch drew
         self.buckets: dict[int, list[int]] = {}
         self.loaded: set[str] = set()
 
@@ -106,6 +108,7 @@ class FramePool:
                 ids = self.tokenizer(r["text"], add_special_tokens=False).input_ids
                 self.buckets.setdefault(r["frames"], []).append(len(self.rows))
                 self.rows.append((len(self.arrays) - 1, r["start"], r["frames"], ids, r["language"]))
+                self.texts.append(r["text"])
             self.loaded.add(path.stem)
         return len(self.rows)
 
@@ -114,7 +117,7 @@ class FramePool:
         sizes = np.array([len(self.buckets[b]) for b in sorted(self.buckets)], dtype=np.float64)
         bucket = sorted(self.buckets)[rng.choice(len(sizes), p=sizes / sizes.sum())]
         count = max(2, min(64, self.frames_per_batch // bucket))
-        picks = rng.choice(self.buckets[bucket], size=count)
+        picks = self.last_picks = rng.choice(self.buckets[bucket], size=count)
         frames = np.stack([self.arrays[a][s: s + n] for a, s, n, _, _ in (self.rows[i] for i in picks)])
         frames = torch.from_numpy(frames.astype(np.float32))
         if augment:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
 from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
-from server.engine.frames import embed_audio  # noqa: E402
+from server.engine.frames import read_audio  # noqa: E402
 from server.service.config import ServerConfig  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
@@ -133,10 +133,10 @@ def ctc_start(model, rows: list[dict]) -> tuple[list[str], list[str] | None]:
     greedy, lexicon = [], []
     with torch.inference_mode():
         for r in rows:
-            embeds = embed_audio(model, [r["wav"]])
+            embeds, phones = read_audio(model, [r["wav"]])
             greedy.append(model.decode(ctc_canvases(model, embeds)[0].tolist()))
             if model.lexicon is not None:
-                lexicon.append(model.decode(ctc_canvases(model, embeds, [r["language"]])[0].tolist()))
+                lexicon.append(model.decode(ctc_canvases(model, embeds, [r["language"]], phones)[0].tolist()))
     return greedy, lexicon if model.lexicon is not None else None
 
 

@@ -24,13 +24,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 LANGUAGES = ("en", "de", "fr", "es", "hi", "zh")
 
 
+def word_log_probs(language: str, top: int, alphabet: set[str] | None = None) -> dict[str, float]:
+    """wordfreq's ``top`` words of ``language`` (those written in ``alphabet``, if given) and the
+    numbers 0-999, each with its unigram log probability (97% of the mass by frequency, 3% to the numbers)."""
+    import wordfreq
+
+    # the list's own frequencies: word_frequency() would re-tokenize each word (for Mandarin with jieba)
+    table = wordfreq.get_frequency_dict(language)
+    words = [w for w in wordfreq.top_n_list(language, top) if " " not in w and (alphabet is None or set(w) <= alphabet)]
+    freqs = [table.get(w, 0.0) + 1e-9 for w in words]
+    total = sum(freqs)
+    rows = {w: math.log(0.97 * f / total) for w, f in zip(words, freqs)}
+    for number in range(1000):
+        rows.setdefault(str(number), math.log(0.03 / 1000))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a model directory (dgasr layout)")
     parser.add_argument("--top", type=int, default=50_000)
     parser.add_argument("--languages", default=",".join(LANGUAGES), help="comma-separated")
     args = parser.parse_args()
-    import wordfreq
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model / "tokenizer")
@@ -38,14 +53,7 @@ def main() -> None:
     out = args.model / "lexicon"
     out.mkdir(exist_ok=True)
     for language in args.languages.split(","):
-        # the list's own frequencies: word_frequency() would re-tokenize each word (for Mandarin with jieba)
-        table = wordfreq.get_frequency_dict(language)
-        words = [w for w in wordfreq.top_n_list(language, args.top) if " " not in w and set(w) <= alphabet]
-        freqs = [table.get(w, 0.0) + 1e-9 for w in words]
-        total = sum(freqs)
-        rows = {w: math.log(0.97 * f / total) for w, f in zip(words, freqs)}
-        for number in range(1000):
-            rows.setdefault(str(number), math.log(0.03 / 1000))
+        rows = word_log_probs(language, args.top, alphabet)
         body = "".join(f"{w}\t{p:.4f}\n" for w, p in rows.items()).encode("utf-8")
         (out / f"{language}.tsv").unlink(missing_ok=True)
         # gzip (mtime 0: the same words give the same bytes): the lexicon ships inside the repository

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--word-scores", default="-1,0,1,2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="save the best weights into the model's lexicon/")
+    parser.add_argument("--languages", help="comma-separated: tune only these (the others keep their weights)")
     args = parser.parse_args()
     import torch
 
@@ -48,7 +49,9 @@ def main() -> None:
     model = load_model(args.model, "cpu")
     if model.lexicon is None:
         raise SystemExit(f"{args.model} has no lexicon to tune")
-    rows = [r for r in load_heldout(args.data) if r["language"] in model.lexicon.languages]
+    wanted = args.languages.split(",") if args.languages else model.lexicon.languages
+    saved = dict(model.lexicon.weights)  # what the languages not tuned here keep
+    rows = [r for r in load_heldout(args.data) if r["language"] in model.lexicon.languages and r["language"] in wanted]
     languages = list(dict.fromkeys(r["language"] for r in rows))
     grid = list(itertools.product([float(x) for x in args.lm_weights.split(",")],
                                   [float(x) for x in args.word_scores.split(",")]))
@@ -68,7 +71,8 @@ def main() -> None:
         best[lang] = LexiconWeights(*setting)
         print(f"best {lang}: lm_weight {setting[0]:g} word_score {setting[1]:g}: {100 * results[setting][lang]:.1f}%")
     if args.write:
-        path = model.lexicon.write_weights(best)
+        kept = {lang: w for lang, w in saved.items() if lang not in best}
+        path = model.lexicon.write_weights(kept | best)
         print(f"wrote {path}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import math
 
 import numpy as np
@@ -12,13 +13,16 @@ import torch
 
 from server.engine import TranscribeRequest, load_model
 from server.engine.denoise import ctc_canvases, run_batch
-from server.engine.frames import embed_audio
+from server.engine.frames import embed_audio, read_audio
 from server.engine.lexicon import (
     LEXICON_DIR,
+    PHONES_FILE,
     WEIGHTS_FILE,
     LexiconDecoding,
     LexiconWeights,
 )
+from server.engine.loader import ModelLoadError
+from server.engine.projector import AudioProjector
 from server.engine.tiny import build_char_tokenizer, build_tiny_random
 
 WORDS = {"hello": -2.0, "world": -2.5, "help": -3.0, "word": -3.0, "old": -4.0}
@@ -142,3 +146,101 @@ def test_tuned_weights_saved_beside_the_lexicon_change_how_much_word_frequency_c
     assert tokenizer.decode(tuned.decode(spoken, "en")) == "hello"
     tuned.set_weights({})
     assert tokenizer.decode(tuned.decode(spoken, "en")) == "help"
+
+
+PHONES = ["<blank>", "|", "ð", "ə", "n", "aɪ", "t", "s", "k"]
+SAID = {"the": ("ð ə", -1.0), "night": ("n aɪ t", -3.0), "knight": ("n aɪ t", -6.0), "nice": ("n aɪ s", -5.0)}
+
+
+def _phone_emissions(said: str) -> np.ndarray:
+    """Phoneme log-probabilities: each phoneme of ``said`` (``|`` between words) likely in its own frame, then a blank."""
+    frames = []
+    for phone in said.split():
+        for target in (PHONES.index(phone), 0):
+            row = np.full(len(PHONES), math.log(0.02 / len(PHONES)), dtype=np.float32)
+            row[target] = math.log(0.9)
+            frames.append(row)
+    return np.stack(frames)
+
+
+def _phone_lexicon(folder):
+    folder.mkdir(exist_ok=True)
+    (folder / "en.tsv").write_text("".join(f"{w}\t{p}\t{said}\n" for w, (said, p) in SAID.items()))
+    (folder / PHONES_FILE).write_text(json.dumps(PHONES))
+
+
+def test_a_phoneme_reading_comes_out_as_the_words_spelled_that_are_said_that_way(tmp_path):
+    """A language whose lexicon has phonemes (phones.json + a third column) is searched in the
+    phoneme CTC, whatever the characters were guessed as: "n aɪ t" is spelled "night", the more
+    frequent of the two words said so, and "n aɪ s" is "nice". A language without phonemes in
+    its file (German here) keeps the character search."""
+    folder = tmp_path / LEXICON_DIR
+    _phone_lexicon(folder)
+    (folder / "de.tsv").write_text("hallo\t-2.0\nwelt\t-2.5\n")
+    tokenizer = build_char_tokenizer(list("abcdefghijklmnopqrstuvwxyz "))
+    blank = tokenizer.pad_token_id
+    decoding = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
+    assert decoding.phones == PHONES and decoding.reads_phones("en") and not decoding.reads_phones("de")
+    by_ear = _emissions(tokenizer, "ze nite", blank)
+    assert tokenizer.decode(decoding.decode(by_ear, "en", _phone_emissions("ð ə | n aɪ t"))) == "the night"
+    assert tokenizer.decode(decoding.decode(by_ear, "en", _phone_emissions("n aɪ s | ð ə"))) == "nice the"
+    assert tokenizer.decode(decoding.decode(_emissions(tokenizer, "halo welt", blank), "de",
+                                            _phone_emissions("n aɪ s"))) == "hallo welt"
+    with pytest.raises(ValueError, match="spelled in phonemes"):
+        decoding.decode(by_ear, "en")
+    with pytest.raises(ValueError, match="blank then"):
+        LexiconDecoding(tokenizer, tokenizer.pad_token_id, decoding.files, phones=["<blank>", "n", "|"])
+
+
+def test_a_model_with_a_phoneme_head_decodes_through_its_phoneme_lexicon_and_a_mismatch_fails_to_load(tmp_path):
+    model = build_tiny_random(seed=0)
+    config = dataclasses.replace(model.spec.projector, phones=len(PHONES))
+    spec = dataclasses.replace(model.spec, canvas_start="ctc", final_steps=1, projector=config)
+    torch.manual_seed(0)
+    model = dataclasses.replace(model, spec=spec, projector=AudioProjector(config))
+    folder = tmp_path / "model"
+    model.save(folder)
+    _phone_lexicon(folder / LEXICON_DIR)
+    loaded = load_model(str(folder), "cpu")
+    assert loaded.lexicon is not None and loaded.lexicon.phones == PHONES
+    loaded.lexicon.beam_tokens = len(PHONES)
+    audio = (np.random.default_rng(0).standard_normal(32000) * 0.1).astype(np.float32)
+    with torch.inference_mode():
+        embeds, phones = read_audio(loaded, [audio, audio])
+        assert phones is not None and phones.shape == (*embeds.shape[:2], len(PHONES))
+        hinted, plain = ctc_canvases(loaded, embeds, ["en", None], phones).tolist()
+        with pytest.raises(ValueError, match="spelled in phonemes"):
+            ctc_canvases(loaded, embeds, ["en", None])
+
+    def text(canvas: list[int]) -> str:
+        return loaded.tokenizer.decode(canvas[: canvas.index(loaded.eos_token_id)])
+
+    # random weights read noise; through the phoneme lexicon only its words come out, spelled
+    assert text(hinted).split() and set(text(hinted).split()) <= set(SAID)
+    assert not set(text(plain).split()) <= set(SAID)  # no hint: no lexicon's alphabet covers the greedy reading
+    results = run_batch(loaded, [TranscribeRequest(audio, 1, "en", seed=1), TranscribeRequest(audio, 1, None, seed=1)])
+    assert len(results) == 2 and all(r.steps == 1 for r in results)
+    (folder / LEXICON_DIR / PHONES_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="spelled in no phonemes, but the projector reads 9 phonemes"):
+        load_model(str(folder), "cpu")
+
+
+def test_without_a_hint_a_reading_no_lexicon_fits_starts_empty_when_every_language_has_one(tmp_path, lexicon_dir):
+    """Babble read as a jumble of scripts ("eे d e े cetes") fits no lexicon's alphabet; when every
+    language the model knows has a lexicon, that is no speech it knows, and the canvas starts
+    empty instead of from the jumble. A model with languages that lack a lexicon keeps it."""
+    model = build_tiny_random(seed=0)
+    model = dataclasses.replace(model, spec=dataclasses.replace(model.spec, canvas_start="ctc", final_steps=1))
+    audio = (np.random.default_rng(0).standard_normal(32000) * 0.1).astype(np.float32)
+    plains = {}
+    for languages in (("en",), model.spec.languages):
+        folder = tmp_path / "-".join(languages)
+        dataclasses.replace(model, spec=dataclasses.replace(model.spec, languages=languages)).save(folder)
+        (folder / LEXICON_DIR).mkdir()
+        (folder / LEXICON_DIR / "en.tsv").write_text((lexicon_dir / "en.tsv").read_text())
+        loaded = load_model(str(folder), "cpu")
+        with torch.inference_mode():
+            canvas = ctc_canvases(loaded, embed_audio(loaded, [audio]), [None])[0].tolist()
+        plains[languages] = loaded.tokenizer.decode(canvas[: canvas.index(loaded.eos_token_id)])
+    assert plains[("en",)] == ""
+    assert plains[model.spec.languages].strip() and not set(plains[model.spec.languages].split()) <= set(WORDS)

@@ -25,6 +25,9 @@ def test_tuning_prints_one_row_per_setting_and_writes_the_best_per_language(tmp_
     model.save(folder)
     (folder / LEXICON_DIR).mkdir()
     (folder / LEXICON_DIR / "en.tsv").write_text("hello\t-2.0\nworld\t-2.5\nold\t-4.0\n")
+    # German was tuned before; --languages en leaves its weights as they were
+    (folder / LEXICON_DIR / "de.tsv").write_text("hallo\t-2.0\nwelt\t-2.5\n")
+    (folder / LEXICON_DIR / WEIGHTS_FILE).write_text(json.dumps({"de": {"lm_weight": 1.2, "word_score": -1.0}}))
     data = tmp_path / "dev"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -34,7 +37,8 @@ def test_tuning_prints_one_row_per_setting_and_writes_the_best_per_language(tmp_
         rows.append({"audio": f"en_{i}.wav", "language": "en", "text": "hello world", "voice": "noise"})
     (data / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(sys, "argv", ["tune_lexicon.py", "--model", str(folder), "--data", str(data),
-                                      "--lm-weights", "0.5,2", "--word-scores", "0,3", "--threads", "1", "--write"])
+                                      "--lm-weights", "0.5,2", "--word-scores", "0,3", "--threads", "1", "--write",
+                                      "--languages", "en"])
     tune_lexicon.main()
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("lm_weight")]
@@ -42,7 +46,8 @@ def test_tuning_prints_one_row_per_setting_and_writes_the_best_per_language(tmp_
         ["lm_weight", a, "word_score", b] for a, b in (("0.50", "0.00"), ("0.50", "3.00"), ("2.00", "0.00"),
                                                          ("2.00", "3.00"))]
     written = json.loads((folder / LEXICON_DIR / WEIGHTS_FILE).read_text())
-    assert list(written) == ["en"]
+    assert list(written) == ["de", "en"] and written["de"] == {"lm_weight": 1.2, "word_score": -1.0}
     assert (written["en"]["lm_weight"], written["en"]["word_score"]) in {(0.5, 0.0), (0.5, 3.0), (2.0, 0.0), (2.0, 3.0)}
     assert f"best en: lm_weight {written['en']['lm_weight']:g} word_score {written['en']['word_score']:g}" in out
-    assert load_model(str(folder), "cpu").lexicon.weights == {"en": LexiconWeights(**written["en"])}
+    assert load_model(str(folder), "cpu").lexicon.weights == {"en": LexiconWeights(**written["en"]),
+                                                              "de": LexiconWeights(1.2, -1.0)}

@@ -150,30 +150,41 @@ def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torc
     return out.past_key_values
 
 
-def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor,
-                 languages: Sequence[str | None] | None = None) -> torch.Tensor:
+def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequence[str | None] | None = None,
+                 phone_logits: torch.Tensor | None = None) -> torch.Tensor:
     """CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
 
     The embeddings go through the tied lm_head. With a lexicon for a row's language
     (``model.lexicon``, :mod:`server.engine.lexicon`) the row is decoded into lexicon
     words; a row without a language (automatic) is decoded with whichever lexicon fits
-    its audio best; otherwise :func:`ctc_collapse` lays out the greedy argmax.
+    its audio best, or, when every language the model knows has a lexicon and none fits or
+    finds a word in it (a greedy reading in a jumble of scripts: what babble gives), starts
+    empty; otherwise
+    :func:`ctc_collapse` lays out the greedy argmax. A lexicon
+    spelled in phonemes reads ``phone_logits`` (the projector's phoneme head, same rows).
     """
     bb = model.backbone
     logits = bb.lm_head(audio_embeds.to(bb.dtype))
     canvases = ctc_collapse(model, logits.argmax(-1))
     if model.lexicon is not None and languages is not None:
         vocab = len(model.tokenizer)
+        known = set(model.spec.languages) <= set(model.lexicon.languages)  # every language it knows has a lexicon
         for row, language in enumerate(languages):
             if language is not None and language not in model.lexicon.languages:
                 continue
             log_probs = torch.log_softmax(logits[row, :, :vocab].float(), dim=-1)
             special = [i for i in model.tokenizer.all_special_ids if i != bb.config.text_config.pad_token_id]
             log_probs[:, special] = -30.0
+            log_probs = log_probs.detach().cpu().numpy()
+            phones = None
+            if phone_logits is not None:
+                phones = torch.log_softmax(phone_logits[row].float(), dim=-1).detach().cpu().numpy()
             if language is None:
-                ids = model.lexicon.decode_any(log_probs.detach().cpu().numpy(), model.decode(canvases[row].tolist()))
+                ids = model.lexicon.decode_any(log_probs, model.decode(canvases[row].tolist()), phone_log_probs=phones)
+                if not ids and known:  # no lexicon fits, or none finds a word in it: not speech it knows
+                    canvases[row] = _layout(model, [], canvases.device)
             else:
-                ids = model.lexicon.decode(log_probs.detach().cpu().numpy(), language)
+                ids = model.lexicon.decode(log_probs, language, phones)
             if ids:
                 canvases[row] = _layout(model, ids, canvases.device)
     return canvases
@@ -312,7 +323,8 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         features = log_mel(model.feature_extractor, [requests[i].audio for i in batch], samples, device)
         features = features.to(device=device, dtype=model.whisper.dtype)
         t1 = _sync(device)
-        embeds = model.projector(encode(model.whisper, features)).to(model.backbone.dtype)
+        embeds, phone_logits = model.projector.read(encode(model.whisper, features))
+        embeds = embeds.to(model.backbone.dtype)
         t2 = _sync(device)
         features_ms += (t1 - t0) * 1000
         audio_ms += (t2 - t1) * 1000
@@ -334,7 +346,9 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
             cold = [k for k, start in enumerate(starts) if start is None]
             if cold and spec.canvas_start == "ctc":
                 languages = [requests[members[k]].language for k in cold]
-                for k, canvas in zip(cold, ctc_canvases(model, embeds[[rows[k] for k in cold]], languages)):
+                picked = [rows[k] for k in cold]
+                phones = phone_logits[picked] if phone_logits is not None else None
+                for k, canvas in zip(cold, ctc_canvases(model, embeds[picked], languages, phones)):
                     starts[k] = canvas
             tc = _sync(device)
             out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)

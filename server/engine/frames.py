@@ -24,7 +24,7 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-__all__ = ["log_mel", "encode", "embed_audio"]
+__all__ = ["log_mel", "encode", "embed_audio", "read_audio"]
 
 
 def log_mel(extractor: WhisperFeatureExtractor, audios: Sequence[np.ndarray], samples: int,
@@ -64,6 +64,12 @@ def embed_audio(model, audios: Sequence[np.ndarray], samples: int | None = None)
 
     ``samples`` defaults to what the spec says the encoder sees for the longest audio.
     """
+    return read_audio(model, audios, samples)[0]
+
+
+def read_audio(model, audios: Sequence[np.ndarray],
+               samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(projector outputs, phoneme logits or None): :func:`embed_audio` with the phoneme head's reading."""
     samples = samples or model.spec.encoder_samples(max(a.shape[0] for a in audios))
     features = log_mel(model.feature_extractor, audios, samples, model.device).to(model.device, model.whisper.dtype)
-    return model.projector(encode(model.whisper, features))
+    return model.projector.read(encode(model.whisper, features))

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-A model directory may carry ``lexicon/<language>.tsv`` files, or ``.tsv.gz`` (``word<TAB>log
+A model directory may carry ``lexicon/<language>.tsv`` files, or ``.tsv.gz`` / ``.tsv.xz`` (``word<TAB>log
 probability``, one word per line: a language's frequent words with their unigram frequencies). With them,
 a ``canvas_start="ctc"`` model reads its CTC log-probabilities (audio embeddings through
 the lm_head) with flashlight-text's ``LexiconDecoder``: a beam search over a trie of the
@@ -22,6 +22,16 @@ covers most of the greedy reading's letters (so Hindi audio is not forced into L
 words, nor Hanzi into either) each decode, and the best total score wins (the unigram
 tables are log probabilities of one size per language, so the scores compare).
 
+A model with a phoneme head (``ProjectorConfig.phones``) carries ``lexicon/phones.json``
+(its inventory, blank first, then the word mark :data:`WORD_MARK`), and a language whose
+lexicon lines have a third column (the word's phonemes, space separated: espeak-ng's, as in
+training) is searched in phonemes: its trie is spelled in phonemes and the search reads the
+phoneme CTC, what the audio says, not how the model guesses it is written; a language
+without that column keeps the character search. English and French are spelled far from how they
+sound, so a character search had to find "knight" through posteriors that said "nite".
+Words still come out spelled, in the tokenizer's characters; words said alike ("their",
+"there") are told apart by their frequency alone.
+
 Each language's ``lm_weight`` and ``word_score`` may be tuned (``scripts/tune_lexicon.py``)
 and saved in ``lexicon/weights.json``; a language it does not name keeps the defaults. The
 search uses the language's own weights; the score :meth:`~LexiconDecoding.decode_any`
@@ -36,13 +46,15 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import lzma
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "UNSPACED", "WEIGHTS_FILE", "LexiconDecoding", "LexiconWeights"]
+__all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "LexiconDecoding",
+           "LexiconWeights"]
 
 log = logging.getLogger("dgasr.lexicon")
 
@@ -51,7 +63,9 @@ UNKNOWN_LOG_PROB = -20.0
 # languages written without spaces between words: their lexicon words are spelled and joined without one
 UNSPACED = frozenset({"zh", "ja", "th"})
 WEIGHTS_FILE = "weights.json"
-_SUFFIXES = (".tsv", ".tsv.gz")
+PHONES_FILE = "phones.json"  # a phoneme head's inventory: blank first, then WORD_MARK
+WORD_MARK = "|"  # the phoneme between two words, as the word space is between spelled ones
+_SUFFIXES = (".tsv", ".tsv.gz", ".tsv.xz")  # xz: the shipped demo's lexicons, a fifth smaller than gzip
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ def read_weights(path: Path) -> dict[str, LexiconWeights]:
 
 class LexiconDecoding:
     def __init__(self, tokenizer, blank: int, files: dict[str, Path], *, beam: int = 32, beam_tokens: int = 16,
-                 weights: dict[str, LexiconWeights] | None = None) -> None:
+                 weights: dict[str, LexiconWeights] | None = None, phones: list[str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.blank = blank
         self.files = files
@@ -86,15 +100,28 @@ class LexiconDecoding:
         self._alphabets: dict[str, frozenset[str]] = {}
         if self._space is None:
             raise ValueError("lexicon decoding needs a tokenizer with a space token")
+        # the units the search reads: characters (token ids), or a phoneme head's inventory
+        self.phones = list(phones) if phones else None
+        if self.phones is not None and (self.phones[1:2] != [WORD_MARK] or len(set(self.phones)) != len(self.phones)):
+            raise ValueError(f"a phoneme inventory starts with blank then {WORD_MARK!r}, each phoneme once")
 
     @classmethod
     def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
-        files = {p.name.split(".")[0]: p for p in sorted(Path(folder).glob("*.tsv*")) if p.name.endswith(_SUFFIXES)}
+        files: dict[str, Path] = {}
+        for path in sorted(Path(folder).glob("*.tsv*")):
+            if path.name.endswith(_SUFFIXES):
+                language = path.name.split(".")[0]
+                if language in files:
+                    raise ValueError(f"{folder}: two lexicons for {language}: {files[language].name} and {path.name}")
+                files[language] = path
         if not files:
             return None
         weights = Path(folder) / WEIGHTS_FILE
         if weights.is_file() and "weights" not in options:
             options["weights"] = read_weights(weights)
+        phones = Path(folder) / PHONES_FILE
+        if phones.is_file() and "phones" not in options:
+            options["phones"] = json.loads(phones.read_text(encoding="utf-8"))
         return cls(tokenizer, blank, files, **options)
 
     def set_weights(self, weights: dict[str, LexiconWeights]) -> None:
@@ -143,18 +170,14 @@ class LexiconDecoding:
                 def finish(self, state):
                     return state, 0.0
 
-            words, scores = [], []
-            path = self.files[language]
-            body = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-            for line in body.decode("utf-8").splitlines():
-                word, _, score = line.partition("\t")
-                if word and set(word) <= self._chars.keys():
-                    words.append(word)
-                    scores.append(float(score))
-            trie = Trie(len(self.tokenizer), self._space)
-            closing = [] if language in UNSPACED else [self._space]
-            for index, (word, score) in enumerate(zip(words, scores)):
-                trie.insert([self._chars[c] for c in word] + closing, index, score)
+            words, scores, spellings, phonemic = self._read(language)
+            # (units, the unit that ends a word, blank) of the search: phonemes, or the tokenizer's characters
+            units, boundary, blank = (len(self.phones), 1, 0) if phonemic else (len(self.tokenizer), self._space,
+                                                                                self.blank)
+            trie = Trie(units, boundary)
+            closing = [] if language in UNSPACED else [boundary]
+            for index, (spelling, score) in enumerate(zip(spellings, scores)):
+                trie.insert(spelling + closing, index, score)
             trie.smear(SmearingMode.MAX)
             words.append("<unk>")
             scores.append(UNKNOWN_LOG_PROB)
@@ -162,25 +185,65 @@ class LexiconDecoding:
             weights = self.weights.get(language, DEFAULT_WEIGHTS)
             options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, weights.lm_weight, weights.word_score,
                                             -math.inf, 0.0, False, CriterionType.CTC)
-            decoder = LexiconDecoder(options, trie, lm, self._space, self.blank, len(words) - 1, [], False)
-            self._decoders[language] = (decoder, words, lm, trie)
+            decoder = LexiconDecoder(options, trie, lm, boundary, blank, len(words) - 1, [], False)
+            self._decoders[language] = (decoder, words, lm, trie, boundary if phonemic else None)
             self._alphabets[language] = frozenset(c for w in words[:-1] for c in w)
             log.info("lexicon for %s: %d words", language, len(words) - 1)
         return self._decoders[language]
+
+    def _read(self, language: str) -> tuple[list[str], list[float], list[list[int]], bool]:
+        """(words, log probabilities, spellings, in phonemes?) of a language's file: the words the
+        tokenizer can write and, for a phoneme search, that have phonemes of the inventory."""
+        path = self.files[language]
+        body = path.read_bytes()
+        body = gzip.decompress(body) if path.name.endswith(".gz") else lzma.decompress(body) if path.name.endswith(
+            ".xz") else body
+        lines = body.decode("utf-8").splitlines()
+        phonemic = bool(self.phones) and bool(lines) and lines[0].count("\t") >= 2
+        units = {p: i for i, p in enumerate(self.phones)} if phonemic else None
+        words, scores, spellings = [], [], []
+        for line in lines:
+            word, score, said = (line.split("\t") + ["", ""])[:3]
+            if not word or not set(word) <= self._chars.keys():
+                continue
+            if units is None:
+                spelling = [self._chars[c] for c in word]
+            else:
+                spelling = [units.get(p, -1) for p in said.split()]
+                if not spelling or -1 in spelling:
+                    continue
+            words.append(word)
+            scores.append(float(score))
+            spellings.append(spelling)
+        return words, scores, spellings, phonemic
 
     def prepare(self) -> None:
         """Build every language's decoder now (the engine's warm-up), not on first use."""
         for language in self.files:
             self._decoder(language)
 
-    def decode(self, log_probs: np.ndarray, language: str | None) -> list[int] | None:
-        """Token ids of the best word sequence for ``(frames, vocabulary)`` log-probabilities;
+    def reads_phones(self, language: str) -> bool:
+        """Whether ``language`` is searched in phonemes (its file has them, and there is an inventory)."""
+        return language in self.files and self._decoder(language)[4] is not None
+
+    def decode(self, log_probs: np.ndarray, language: str | None,
+               phone_log_probs: np.ndarray | None = None) -> list[int] | None:
+        """Token ids of the best word sequence for ``(frames, vocabulary)`` log-probabilities, or
+        for ``(frames, phonemes)`` ``phone_log_probs`` where the language is searched in phonemes;
         None when there is no lexicon for ``language``."""
         if language not in self.files:
             return None
-        return self._decode(log_probs, language)[1]
+        return self._decode(self._pick(log_probs, phone_log_probs, language), language)[1]
 
-    def decode_any(self, log_probs: np.ndarray, greedy_text: str, min_cover: float = 0.6) -> list[int] | None:
+    def _pick(self, log_probs: np.ndarray, phone_log_probs: np.ndarray | None, language: str) -> np.ndarray:
+        if not self.reads_phones(language):
+            return log_probs
+        if phone_log_probs is None:
+            raise ValueError(f"the {language} lexicon is spelled in phonemes: pass the phoneme head's log-probabilities")
+        return phone_log_probs
+
+    def decode_any(self, log_probs: np.ndarray, greedy_text: str, min_cover: float = 0.6,
+                   phone_log_probs: np.ndarray | None = None) -> list[int] | None:
         """The best of every lexicon whose alphabet covers ``min_cover`` of the greedy reading's
         letters; None (keep the greedy reading) when none does."""
         letters = [c for c in greedy_text if not c.isspace()]
@@ -192,16 +255,16 @@ class LexiconDecoding:
             alphabet = self._alphabets[language]
             if sum(c in alphabet for c in letters) < min_cover * len(letters):
                 continue
-            result = self._decode(log_probs, language)
+            result = self._decode(self._pick(log_probs, phone_log_probs, language), language)
             if best is None or result[0] > best[0]:
                 best = result
         return None if best is None else best[1]
 
     def _decode(self, log_probs: np.ndarray, language: str) -> tuple[float, list[int]]:
-        decoder, words, _, _ = self._decoder(language)
+        decoder, words, _, _, mark = self._decoder(language)
         emissions = np.full((log_probs.shape[0] + 1, log_probs.shape[1]), -30.0, dtype=np.float32)
         emissions[:-1] = log_probs
-        emissions[-1, self._space] = 0.0  # a closing space frame, so the last word can end
+        emissions[-1, self._space if mark is None else mark] = 0.0  # a closing word end, so the last word can end
         emissions = np.ascontiguousarray(emissions)
         best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
         found = [words[w] for w in best.words if 0 <= w < len(words) - 1]

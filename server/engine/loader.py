@@ -320,9 +320,16 @@ def _load_spec(spec: ModelSpec, base: Path | None, device: torch.device, dtype: 
         spec = dataclasses.replace(spec, canvas_length=backbone.config.canvas_length)
     lexicon = None
     if base is not None and (base / LEXICON_DIR).is_dir() and spec.canvas_start == "ctc":
-        lexicon = LexiconDecoding.from_dir(base / LEXICON_DIR, tokenizer, backbone.config.text_config.pad_token_id)
+        try:
+            lexicon = LexiconDecoding.from_dir(base / LEXICON_DIR, tokenizer, backbone.config.text_config.pad_token_id)
+        except ValueError as exc:  # two files for one language, a malformed phoneme inventory
+            raise ModelLoadError(f"lexicon: {exc}") from None
         if lexicon is not None:
-            log.info("lexicon decoding for %s", ", ".join(lexicon.languages))
+            said = len(lexicon.phones) if lexicon.phones else 0
+            if said != spec.projector.phones:
+                raise ModelLoadError(f"{base / LEXICON_DIR}: spelled in {said or 'no'} phonemes, but the projector "
+                                     f"reads {spec.projector.phones or 'no'} phonemes")
+            log.info("lexicon decoding for %s%s", ", ".join(lexicon.languages), " (in phonemes)" if said else "")
     return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source,
                     lexicon=lexicon).to(device, dtype)
 

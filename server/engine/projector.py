@@ -6,6 +6,11 @@ embeddings can be scattered into the prompt's audio placeholder slots. Optional 
 context blocks (``ProjectorConfig.context_blocks``; layer norm, pointwise conv, GELU,
 depthwise conv, GELU, pointwise conv, added back) widen what each embedding sees; their
 last conv starts at zero, so a block starts as the identity.
+
+With ``ProjectorConfig.phones`` the projector also reads phonemes: a layer norm and a linear
+over the same hidden state give CTC logits over a phoneme inventory (blank first), which a
+pronouncing lexicon (:mod:`server.engine.lexicon`) decodes into words. :meth:`read` returns
+both; ``forward`` only the embeddings.
 """
 
 from __future__ import annotations
@@ -34,13 +39,21 @@ class AudioProjector(nn.Module):
         self.context = nn.ModuleList(_ContextBlock(dim, config.context_kernel) for _ in range(config.context_blocks))
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, config.out_dim)
+        if config.phones:
+            self.phone_norm = nn.LayerNorm(dim)
+            self.phone_out = nn.Linear(dim, config.phones)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: (batch, time, in_dim) -> (batch, time / stride**layers, out_dim)."""
+        return self.read(frames)[0]
+
+    def read(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeddings, phoneme logits (batch, time, phones) or None without a phoneme head)."""
         x = self.convs(frames.transpose(1, 2)).transpose(1, 2)
         for block in self.context:
             x = block(x)
-        return self.proj(self.norm(x))
+        phones = self.phone_out(self.phone_norm(x)) if self.config.phones else None
+        return self.proj(self.norm(x)), phones
 
 
 class _ContextBlock(nn.Module):

@@ -58,6 +58,10 @@ class ProjectorConfig:
     # frame must see the whole word (a kernel of 15 at 25 frames/s spans 0.6 s per block).
     context_blocks: int = 0
     context_kernel: int = 15
+    # Size of a phoneme CTC head's inventory (blank first), read from the hidden state before
+    # the final linear; 0 = none. With it a lexicon spelled in phonemes turns what the audio
+    # says into spelled words (server/engine/lexicon.py).
+    phones: int = 0
 
     def layer_strides(self) -> tuple[int, ...]:
         return self.strides or (self.stride,) * self.num_layers
