@@ -31,7 +31,7 @@ import json
 import lzma
 from pathlib import Path
 
-from server.engine.lexicon import UNSPACED, WORD_MARK
+from server.engine.lexicon import PHONES_FILE, UNSPACED, WORD_MARK
 
 __all__ = ["BLANK", "WORD", "VOICES", "Phonemizer", "inventory", "write_lexicon"]
 
@@ -137,22 +137,12 @@ def compress(body: bytes, path: Path) -> bytes:
     return gzip.compress(body, mtime=0) if path.name.endswith(".gz") else body
 
 
-def read_lexicon(path: Path) -> list[str]:
-    """The lines of a lexicon file (.xz, .gz or plain)."""
-    body = path.read_bytes()
-    if path.name.endswith(".xz"):
-        body = lzma.decompress(body)
-    elif path.name.endswith(".gz"):
-        body = gzip.decompress(body)
-    return body.decode("utf-8").splitlines()
-
-
 def save_phones(folder: Path, phones: list[str]) -> None:
-    (folder / "phones.json").write_text(json.dumps(phones, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    (folder / PHONES_FILE).write_text(json.dumps(phones, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
 
 
 def load_phones(folder: Path) -> list[str]:
-    return json.loads((folder / "phones.json").read_text(encoding="utf-8"))
+    return json.loads((folder / PHONES_FILE).read_text(encoding="utf-8"))
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ what it was trained on). Resumable (``--state``, written every ``--save-every`` 
 on SIGINT/SIGTERM); the learning rate follows the wall-clock budget (``--minutes``).
 
 ``--eval DIR`` decodes a held-out set (``scripts/demo_data.py`` layout) and the human
-English recordings both ways from one encoding of each utterance: the character CTC through
-the model's character lexicon (the demo's "lexicon start" today) and the phoneme CTC through
-the pronouncing lexicon, and prints WER/CER per language::
+English recordings both ways from one encoding of each utterance: through the model's own
+lexicons (a character model's: the character search) and the phoneme CTC through the
+pronouncing lexicons of ``--lexicons``, and prints WER/CER per language::
 
     python scripts/train_phones.py --lexicons runs/phones --minutes 40 --threads 2 --bf16
     python scripts/train_phones.py --lexicons runs/phones --eval runs/heldout --per-language 20
@@ -136,12 +136,10 @@ def train(args, model, phones: list[str]) -> None:
 
 
 def evaluate(args, model, phones: list[str]) -> None:
-    import eval_wer
     from eval_wer import error_rate, load_heldout, load_human
 
     from server.engine.denoise import ctc_canvases
-    from server.engine.frames import encode, log_mel
-
+    from server.engine.frames import read_audio
     from server.engine.lexicon import LexiconDecoding, LexiconWeights
 
     files = {path.name.split(".")[0]: path for path in sorted((args.lexicons / "lexicon").glob("*.tsv*"))}
@@ -149,27 +147,23 @@ def evaluate(args, model, phones: list[str]) -> None:
                               weights={lang: LexiconWeights(*w) for lang, w in _weights(args.weights)})
     rows = [r for r in load_heldout(args.eval) if int(r["audio"].split("_")[1][:3]) < args.per_language]
     rows += load_human() if not args.no_human else []
-    del eval_wer
     model.projector.eval()
     chars_out, phones_out, greedy_phones = [], [], []
     with torch.inference_mode():
         for r in rows:
-            samples = model.spec.encoder_samples(r["wav"].shape[0])
-            feats = log_mel(model.feature_extractor, [r["wav"]], samples).to(model.whisper.dtype)
-            embeds, phone_logits = model.projector.read(encode(model.whisper, feats))
-            chars_out.append(model.decode(ctc_canvases(model, embeds, [r["language"]])[0].tolist()))
+            embeds, phone_logits = read_audio(model, [r["wav"]])
+            chars_out.append(model.decode(ctc_canvases(model, embeds, [r["language"]], phone_logits)[0].tolist()))
             logp = F.log_softmax(phone_logits.float(), -1)[0].numpy()
-            ids = lexicon.decode(np.zeros((logp.shape[0], len(model.tokenizer)), np.float32), r["language"], logp)
+            ids = lexicon.decode(None, r["language"], logp)
             phones_out.append(model.tokenizer.decode(ids or []))
             best = logp.argmax(-1)
             greedy_phones.append(" ".join(phones[i] for j, i in enumerate(best) if i and (j == 0 or best[j - 1] != i)))
-    print(f"| set | char lexicon | phone lexicon |  ({args.eval}, {args.state})")
+    print(f"| set | the model's lexicons | phone lexicon |  ({args.eval}, {args.state})")
     for name in dict.fromkeys(r["set"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["set"] == name]
-        lang = name if name != "human-en" else "human-en"
         refs = [rows[i]["text"] for i in idx]
-        a = error_rate(lang, refs, [chars_out[i] for i in idx])
-        b = error_rate(lang, refs, [phones_out[i] for i in idx])
+        a = error_rate(name, refs, [chars_out[i] for i in idx])
+        b = error_rate(name, refs, [phones_out[i] for i in idx])
         print(f"| {name} | {100 * a:.1f} | {100 * b:.1f} |", flush=True)
     if args.show:
         for r, c, p, g in list(zip(rows, chars_out, phones_out, greedy_phones))[:: max(1, len(rows) // args.show)]:
@@ -181,7 +175,7 @@ def export(args, phones: list[str]) -> None:
     phoneme head (fp16), the lexicons with each word's phonemes, and the inventory."""
     import shutil
 
-    from server.engine.lexicon import LEXICON_DIR, PHONES_FILE, WEIGHTS_FILE
+    from server.engine.lexicon import LEXICON_DIR, PHONES_FILE, WEIGHTS_FILE, read_lines
     from server.engine.loader import load_model
 
     model = with_phone_head(load_model(args.model, "cpu"), phones, _saved_projector(args.state))
@@ -197,7 +191,7 @@ def export(args, phones: list[str]) -> None:
     for path in sorted((Path(args.model) / LEXICON_DIR).glob("*.tsv*")):
         language = path.name.split(".")[0]
         source = next((args.lexicons / "lexicon").glob(f"{language}.tsv*")) if language in said else path
-        lines = [line + "\n" for line in dp.read_lexicon(source) if set(line.split("\t")[0]) <= alphabet]
+        lines = [line + "\n" for line in read_lines(source) if set(line.split("\t")[0]) <= alphabet]
         target = out / LEXICON_DIR / f"{language}.tsv.xz"
         target.write_bytes(dp.compress("".join(lines).encode("utf-8"), target))
     dp.save_phones(out / LEXICON_DIR, phones)
@@ -207,10 +201,8 @@ def export(args, phones: list[str]) -> None:
 
 
 def _saved_projector(path: Path) -> dict:
-    """A --state file's projector, its phoneme head included (states written before the head
-    moved into the projector kept it apart, as ``head``)."""
-    saved = torch.load(path, weights_only=False)
-    return saved["projector"] | {f"phone_{k}": v for k, v in saved.get("head", {}).items()}
+    """A --state file's projector, its phoneme head included."""
+    return torch.load(path, weights_only=False)["projector"]
 
 
 def _weights(spec: str):
@@ -222,7 +214,7 @@ def _weights(spec: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="server/models/demo")
-    parser.add_argument("--lexicons", type=Path, default=Path("runs/phones"), help="phones.json + lexicon/*.tsv.gz")
+    parser.add_argument("--lexicons", type=Path, default=Path("runs/phones"), help="phones.json + lexicon/*.tsv*")
     parser.add_argument("--data", type=Path, default=Path("runs/demo/shards"))
     parser.add_argument("--state", type=Path, default=Path("runs/phones/state.pt"))
     parser.add_argument("--minutes", type=float, default=40.0)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_phones as dp  # noqa: E402
 
-from server.engine.lexicon import PHONES_FILE, UNSPACED, WORD_MARK  # noqa: E402
+from server.engine.lexicon import PHONES_FILE, UNSPACED, WORD_MARK, read_lines  # noqa: E402
 
 DEMO_LEXICON = ROOT / "server" / "models" / "demo" / "lexicon"
 
@@ -46,7 +46,7 @@ def test_the_shipped_lexicon_spells_its_phonemic_languages_in_the_inventory_espe
     phonemic = []
     for path in sorted(DEMO_LEXICON.glob("*.tsv*")):
         language = path.name.split(".")[0]
-        rows = [line.split("\t") for line in dp.read_lexicon(path)]
+        rows = [line.split("\t") for line in read_lines(path)]
         if len(rows[0]) < 3:
             continue
         phonemic.append(language)

@@ -159,9 +159,9 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequenc
     words; a row without a language (automatic) is decoded with whichever lexicon fits
     its audio best, or, when every language the model knows has a lexicon and none fits or
     finds a word in it (a greedy reading in a jumble of scripts: what babble gives), starts
-    empty; otherwise
-    :func:`ctc_collapse` lays out the greedy argmax. A lexicon
-    spelled in phonemes reads ``phone_logits`` (the projector's phoneme head, same rows).
+    empty; otherwise :func:`ctc_collapse` lays out the greedy argmax. A language whose
+    lexicon is spelled in phonemes reads ``phone_logits`` (the projector's phoneme head,
+    same rows) instead of the characters.
     """
     bb = model.backbone
     logits = bb.lm_head(audio_embeds.to(bb.dtype))
@@ -169,15 +169,18 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequenc
     if model.lexicon is not None and languages is not None:
         vocab = len(model.tokenizer)
         known = set(model.spec.languages) <= set(model.lexicon.languages)  # every language it knows has a lexicon
+        special = [i for i in model.tokenizer.all_special_ids if i != bb.config.text_config.pad_token_id]
         for row, language in enumerate(languages):
             if language is not None and language not in model.lexicon.languages:
                 continue
-            log_probs = torch.log_softmax(logits[row, :, :vocab].float(), dim=-1)
-            special = [i for i in model.tokenizer.all_special_ids if i != bb.config.text_config.pad_token_id]
-            log_probs[:, special] = -30.0
-            log_probs = log_probs.detach().cpu().numpy()
-            phones = None
-            if phone_logits is not None:
+            # only the readings the search will use: a hinted language reads characters or phonemes
+            phonemic = language is not None and model.lexicon.reads_phones(language)
+            log_probs = phones = None
+            if not phonemic:
+                log_probs = torch.log_softmax(logits[row, :, :vocab].float(), dim=-1)
+                log_probs[:, special] = -30.0
+                log_probs = log_probs.detach().cpu().numpy()
+            if phone_logits is not None and (language is None or phonemic):
                 phones = torch.log_softmax(phone_logits[row].float(), dim=-1).detach().cpu().numpy()
             if language is None:
                 ids = model.lexicon.decode_any(log_probs, model.decode(canvases[row].tolist()), phone_log_probs=phones)

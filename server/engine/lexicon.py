@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "LexiconDecoding",
-           "LexiconWeights"]
+           "LexiconWeights", "read_lines"]
 
 log = logging.getLogger("dgasr.lexicon")
 
@@ -77,6 +77,16 @@ class LexiconWeights:
 
 
 DEFAULT_WEIGHTS = LexiconWeights()  # a language weights.json does not name; the weighting decode_any compares with
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a lexicon file: plain ``.tsv``, ``.tsv.gz`` or ``.tsv.xz``."""
+    body = path.read_bytes()
+    if path.name.endswith(".gz"):
+        body = gzip.decompress(body)
+    elif path.name.endswith(".xz"):
+        body = lzma.decompress(body)
+    return body.decode("utf-8").splitlines()
+
 
 def read_weights(path: Path) -> dict[str, LexiconWeights]:
     """``weights.json`` (``{"zh": {"lm_weight": 0.8, "word_score": 0.0}, ...}``) -> weights per language."""
@@ -186,7 +196,7 @@ class LexiconDecoding:
             options = LexiconDecoderOptions(self.beam, self.beam_tokens, 25.0, weights.lm_weight, weights.word_score,
                                             -math.inf, 0.0, False, CriterionType.CTC)
             decoder = LexiconDecoder(options, trie, lm, boundary, blank, len(words) - 1, [], False)
-            self._decoders[language] = (decoder, words, lm, trie, boundary if phonemic else None)
+            self._decoders[language] = (decoder, words, lm, trie, boundary, phonemic)
             self._alphabets[language] = frozenset(c for w in words[:-1] for c in w)
             log.info("lexicon for %s: %d words", language, len(words) - 1)
         return self._decoders[language]
@@ -194,11 +204,7 @@ class LexiconDecoding:
     def _read(self, language: str) -> tuple[list[str], list[float], list[list[int]], bool]:
         """(words, log probabilities, spellings, in phonemes?) of a language's file: the words the
         tokenizer can write and, for a phoneme search, that have phonemes of the inventory."""
-        path = self.files[language]
-        body = path.read_bytes()
-        body = gzip.decompress(body) if path.name.endswith(".gz") else lzma.decompress(body) if path.name.endswith(
-            ".xz") else body
-        lines = body.decode("utf-8").splitlines()
+        lines = read_lines(self.files[language])
         phonemic = bool(self.phones) and bool(lines) and lines[0].count("\t") >= 2
         units = {p: i for i, p in enumerate(self.phones)} if phonemic else None
         words, scores, spellings = [], [], []
@@ -224,19 +230,21 @@ class LexiconDecoding:
 
     def reads_phones(self, language: str) -> bool:
         """Whether ``language`` is searched in phonemes (its file has them, and there is an inventory)."""
-        return language in self.files and self._decoder(language)[4] is not None
+        return language in self.files and self._decoder(language)[5]
 
-    def decode(self, log_probs: np.ndarray, language: str | None,
+    def decode(self, log_probs: np.ndarray | None, language: str | None,
                phone_log_probs: np.ndarray | None = None) -> list[int] | None:
         """Token ids of the best word sequence for ``(frames, vocabulary)`` log-probabilities, or
-        for ``(frames, phonemes)`` ``phone_log_probs`` where the language is searched in phonemes;
-        None when there is no lexicon for ``language``."""
+        for ``(frames, phonemes)`` ``phone_log_probs`` where the language is searched in phonemes
+        (``log_probs`` may then be None); None when there is no lexicon for ``language``."""
         if language not in self.files:
             return None
         return self._decode(self._pick(log_probs, phone_log_probs, language), language)[1]
 
-    def _pick(self, log_probs: np.ndarray, phone_log_probs: np.ndarray | None, language: str) -> np.ndarray:
+    def _pick(self, log_probs: np.ndarray | None, phone_log_probs: np.ndarray | None, language: str) -> np.ndarray:
         if not self.reads_phones(language):
+            if log_probs is None:
+                raise ValueError(f"the {language} lexicon is spelled in characters: pass their log-probabilities")
             return log_probs
         if phone_log_probs is None:
             raise ValueError(f"the {language} lexicon is spelled in phonemes: pass the phoneme head's log-probabilities")
@@ -261,10 +269,10 @@ class LexiconDecoding:
         return None if best is None else best[1]
 
     def _decode(self, log_probs: np.ndarray, language: str) -> tuple[float, list[int]]:
-        decoder, words, _, _, mark = self._decoder(language)
+        decoder, words, _, _, boundary, _ = self._decoder(language)
         emissions = np.full((log_probs.shape[0] + 1, log_probs.shape[1]), -30.0, dtype=np.float32)
         emissions[:-1] = log_probs
-        emissions[-1, self._space if mark is None else mark] = 0.0  # a closing word end, so the last word can end
+        emissions[-1, boundary] = 0.0  # a closing word end (space or word mark), so the last word can end
         emissions = np.ascontiguousarray(emissions)
         best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
         found = [words[w] for w in best.words if 0 <= w < len(words) - 1]
