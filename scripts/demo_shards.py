@@ -25,25 +25,13 @@ import numpy as np
 import torch
 from demo_model import demo_spec
 
-from server.engine.frames import encode, log_mel
+from server.engine.frames import encode, log_mel, native_bf16
 from server.engine.spec import WHISPER_FRAMES_PER_SECOND
 
-__all__ = ["SHARD", "make_shards", "FramePool", "native_bf16"]
+__all__ = ["SHARD", "make_shards", "FramePool"]
 
 SHARD = 1000  # utterances per shard
 _SEED_STRIDE = 10_000_000
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX).
-
-    There bf16 autocast halves the encoder's time; on a CPU without it (AVX2 only, e.g.
-    an AMD EPYC seen here) oneDNN emulates bf16 and the same encode took 7x longer than fp32.
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private probe: when it is gone, assume not
-        return False
 
 
 def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD,

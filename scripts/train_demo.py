@@ -49,9 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_data  # noqa: E402
 from demo_model import build_demo, build_tokenizer, export  # noqa: E402
-from demo_shards import FramePool, make_shards, native_bf16  # noqa: E402
+from demo_shards import FramePool, make_shards  # noqa: E402
 
 from server.engine.denoise import ctc_collapse, encode_prompts  # noqa: E402
+from server.engine.frames import native_bf16  # noqa: E402
 from server.engine.model import AsrModel  # noqa: E402
 
 PARTS = ("projector", "backbone")  # the trained modules, as saved in a state file
@@ -75,9 +76,22 @@ def losses(model: AsrModel, frames, targets, languages, rng: torch.Generator, di
                      blank=0, zero_infinity=True)
     if not diffusion_on:
         return torch.zeros((), device=device), ctc
-    slots = embeds.shape[1]
     batch = min(batch, diffusion_rows)
-    embeds, ctc_logp, targets, languages = embeds[:batch], ctc_logp[:, :batch], targets[:batch], languages[:batch]
+    own = ctc_collapse(model, ctc_logp[:, :batch].detach().argmax(-1).transpose(0, 1))
+    return diffusion_loss(model, embeds[:batch], targets[:batch], languages[:batch], own, rng, seeded, auto_prob), ctc
+
+
+def diffusion_loss(model: AsrModel, embeds, targets, languages, starts, rng: torch.Generator,
+                   seeded: float = 0.5, auto_prob: float = 0.3, start_noise: float = 0.2):
+    """Uniform-diffusion denoising loss for one row per audio: ``embeds`` (rows, slots, width).
+
+    A ``seeded`` fraction of the rows starts from ``starts`` (the canvas inference would start
+    from) with at most ``start_noise`` of it replaced by random ids, the rest from the target
+    with a random fraction replaced; a share ``auto_prob`` of the prompts carries no language.
+    """
+    bb = model.backbone
+    device = model.device
+    batch, slots = embeds.shape[0], embeds.shape[1]
     langs = [None if torch.rand(1, generator=rng).item() < auto_prob else lang for lang in languages]
     prompts = torch.tensor([model.prompt_ids(lang, slots) for lang in langs], device=device)
     cache = encode_prompts(model, prompts, embeds)
@@ -90,10 +104,9 @@ def losses(model: AsrModel, frames, targets, languages, rng: torch.Generator, di
     target = target.to(device)
     t = torch.rand((batch, 1), generator=rng).to(device)
     noise = torch.randint(0, vocab, (batch, length), generator=rng).to(device)
-    own = ctc_collapse(model, ctc_logp.detach().argmax(-1).transpose(0, 1))
     pick = (torch.rand((batch, 1), generator=rng) < seeded).to(device)
-    start = torch.where(pick, own, target)
-    t = torch.where(pick, t * 0.2, t)
+    start = torch.where(pick, starts.to(device), target)
+    t = torch.where(pick, t * start_noise, t)
     canvas = torch.where(torch.rand((batch, length), generator=rng).to(device) < t, noise, start)
     positions = torch.arange(prompts.shape[1], prompts.shape[1] + length, dtype=torch.int32, device=device)[None]
     mask = bb.model.decoder.create_diffusion_decoder_attention_mask(
@@ -108,8 +121,7 @@ def losses(model: AsrModel, frames, targets, languages, rng: torch.Generator, di
             sc_logits = bb(**kwargs).logits.detach()
         sc_mask = torch.ones(batch, dtype=torch.bool, device=device)
     logits = bb(**kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask).logits
-    diffusion = F.cross_entropy(logits.float().reshape(-1, vocab), target.reshape(-1))
-    return diffusion, ctc
+    return F.cross_entropy(logits.float().reshape(-1, vocab), target.reshape(-1))
 
 
 def _initial_state(source: Path, device: torch.device) -> dict:

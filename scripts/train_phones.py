@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_phones as dp  # noqa: E402
-from demo_shards import FramePool, native_bf16  # noqa: E402
+from demo_shards import FramePool  # noqa: E402
+from server.engine.frames import native_bf16  # noqa: E402
 
 
 def phone_ids(index: dict[str, int], phones: tuple[str, ...]) -> list[int]:

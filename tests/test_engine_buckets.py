@@ -94,3 +94,27 @@ def test_bucket_seconds_outside_the_window_is_refused():
         ModelSpec(name="x", parts={}, window_seconds=8.0, encoder_bucket_seconds=9.0)
     spec = ModelSpec(name="x", parts={}, window_seconds=8.0, encoder_bucket_seconds=2.0)
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_the_engine_hears_in_the_model_audio_dtype_and_denoises_in_the_backbone_dtype(bucketed):
+    """With ``audio_dtype`` bf16 the whisper layers' and the projector's matmuls run in bf16, in the
+    engine's batches and in ``read_audio`` alike, and the backbone still gets float32 embeddings."""
+    from server.engine.frames import read_audio
+
+    seen: list[torch.dtype] = []
+    hooks = [module.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+             for module in (bucketed.whisper.layers[0].fc1, bucketed.projector.proj)]
+    audio = _noise(1.5, 3)
+    try:
+        for dtype, expected in ((None, torch.float32), (torch.bfloat16, torch.bfloat16)):
+            model = dataclasses.replace(bucketed, audio_dtype=dtype)
+            seen.clear()
+            result = run_batch(model, [TranscribeRequest(audio, steps=2, seed=0)])[0]
+            assert seen == [expected, expected] and result.steps == 2
+            seen.clear()
+            with torch.inference_mode():
+                embeds, _ = read_audio(model, [audio])
+            assert seen == [expected, expected] and embeds.dtype == torch.float32
+    finally:
+        for hook in hooks:
+            hook.remove()

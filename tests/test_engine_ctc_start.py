@@ -85,3 +85,26 @@ def test_spec_canvas_start_round_trips_and_rejects_unknown_values():
     assert ModelSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "canvas_start"}).canvas_start == "random"
     with pytest.raises(ValueError, match="canvas_start must be one of random, ctc"):
         ModelSpec(name="x", parts={}, canvas_start="silence")
+
+
+def test_a_canvas_started_from_the_reading_keeps_its_tokens_where_the_denoiser_is_not_sure(model):
+    """``keep_start_below``: each final token is the denoiser's choice where that choice is at
+    least that probable, else the start canvas's token; a random start has nothing to keep."""
+    audio = (np.random.default_rng(7).standard_normal(24000) * 0.1).astype(np.float32)
+
+    def final(canvas_start: str, keep: float) -> list[int]:
+        sampler = dataclasses.replace(model.spec.sampler, keep_start_below=keep)
+        spec = dataclasses.replace(model.spec, canvas_start=canvas_start, sampler=sampler)
+        return list(run_batch(dataclasses.replace(model, spec=spec), [TranscribeRequest(audio, steps=1, seed=3)])[0].canvas)
+
+    with torch.inference_mode():
+        feats = model.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
+                                        padding="max_length").input_features
+        start = ctc_canvases(model, model.projector(model.whisper(feats).last_hidden_state))[0].tolist()
+    chosen = final("ctc", 0.0)
+    assert chosen != start  # random weights: the denoiser's choices differ from the reading
+    assert final("ctc", 1.01) == start  # no choice is more than certain: every token kept
+    half = final("ctc", 0.5)
+    assert all(h in (s, c) for h, s, c in zip(half, start, chosen))
+    assert any(h == s != c for h, s, c in zip(half, start, chosen))  # some kept where the choice was unsure
+    assert final("random", 1.01) == final("random", 0.0)

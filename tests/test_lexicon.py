@@ -24,6 +24,7 @@ from server.engine.lexicon import (
 from server.engine.loader import ModelLoadError
 from server.engine.projector import AudioProjector
 from server.engine.tiny import build_char_tokenizer, build_tiny_random
+from server.engine.words import phone_timings
 
 WORDS = {"hello": -2.0, "world": -2.5, "help": -3.0, "word": -3.0, "old": -4.0}
 
@@ -190,6 +191,25 @@ def test_a_phoneme_reading_comes_out_as_the_words_spelled_that_are_said_that_way
         decoding.decode(by_ear, "en")
     with pytest.raises(ValueError, match="blank then"):
         LexiconDecoding(tokenizer, tokenizer.pad_token_id, decoding.files, phones=["<blank>", "n", "|"])
+
+
+def test_words_the_lexicon_says_are_timed_and_scored_in_the_phonemes_they_were_heard_in(tmp_path):
+    """A word heard as "n aɪ t" is aligned to those phonemes: its confidence is how surely they
+    were heard, whatever its letters would align to; a transcript with a word the lexicon does
+    not say gets no phonemes (the caller aligns characters instead)."""
+    folder = tmp_path / LEXICON_DIR
+    _phone_lexicon(folder)
+    tokenizer = build_char_tokenizer(list("abcdefghijklmnopqrstuvwxyz "))
+    decoding = LexiconDecoding.from_dir(folder, tokenizer, tokenizer.pad_token_id)
+    said = decoding.pronounce(["the", "night"], "en")
+    assert said == [[2, 3], [4, 5, 6]] and decoding.pronounce(["the", "night"], None) == said
+    assert decoding.pronounce(["the", "day"], "en") is None and decoding.pronounce(["the"], "de") is None
+    heard = _phone_emissions("ð ə | n aɪ t")  # 12 frames of 0.1 s: a phoneme, a blank, ...
+    timed = phone_timings(heard, ["the", "night"], said, 0.1, 1.2)
+    assert [(w.word, w.start, w.end) for w in timed] == [("the", 0.0, 0.4), ("night", 0.6, 1.1)]
+    assert all(w.confidence > 0.85 for w in timed)
+    misheard = phone_timings(_phone_emissions("ð ə | k aɪ s"), ["the", "night"], said, 0.1, 1.2)
+    assert misheard[0].confidence > 0.85 and misheard[1].confidence < 0.5
 
 
 def test_a_model_with_a_phoneme_head_decodes_through_its_phoneme_lexicon_and_a_mismatch_fails_to_load(tmp_path):

@@ -166,3 +166,33 @@ def test_model_auto_picks_the_embedded_demo_without_cuda_and_says_why(tmp_path, 
     monkeypatch.setattr(loader.torch.cuda, "is_available", lambda: True)
     assert loader.resolve_model_name("auto") == "diffusion-gemma-asr-small"
     assert loader.resolve_model_name("tiny-random") == "tiny-random"  # an explicit name is never changed
+
+
+def test_a_model_that_allows_it_hears_in_bf16_on_a_cpu_with_native_bf16_and_the_env_overrides(tmp_path, monkeypatch):
+    """The demo's audio path runs in bf16 autocast where the CPU computes bf16 natively (twice as
+    fast there); a model that does not declare ``cpu_audio_bf16`` keeps float32, and so does a
+    CPU without native bf16 (it would emulate it, slowly), unless DGASR_AUDIO_BF16 says otherwise."""
+    from server.engine import loader
+
+    allows = build_tiny_random(seed=0)
+    allows.spec = dataclasses.replace(allows.spec, cpu_audio_bf16=True)
+    allows.save(tmp_path / "allows")
+    build_tiny_random(seed=0).save(tmp_path / "plain")
+    monkeypatch.delenv("DGASR_AUDIO_BF16", raising=False)
+
+    def dtypes() -> tuple:
+        return tuple(load_model(str(tmp_path / name), "cpu").audio_dtype for name in ("allows", "plain"))
+
+    monkeypatch.setattr(loader, "native_bf16", lambda: True)
+    assert dtypes() == (torch.bfloat16, None)
+    assert load_model(str(tmp_path / "allows"), "cpu", dtype=torch.bfloat16).audio_dtype is None  # already bf16
+    monkeypatch.setattr(loader, "native_bf16", lambda: False)
+    assert dtypes() == (None, None)
+    monkeypatch.setenv("DGASR_AUDIO_BF16", "1")
+    assert dtypes() == (torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(loader, "native_bf16", lambda: True)
+    monkeypatch.setenv("DGASR_AUDIO_BF16", "0")
+    assert dtypes() == (None, None)
+    monkeypatch.setenv("DGASR_AUDIO_BF16", "yes")
+    with pytest.raises(ModelLoadError, match="DGASR_AUDIO_BF16 must be 0 or 1, not 'yes'"):
+        load_model(str(tmp_path / "allows"), "cpu")

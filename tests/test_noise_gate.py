@@ -39,16 +39,21 @@ def test_gate_compares_the_mean_word_confidence_with_its_threshold():
 
 def test_too_little_text_for_its_seconds_of_sound_is_below_the_gate_however_confident():
     """One confident "7" out of 2 s of babble is noise; a spoken "seven" is a second long."""
-    gate = NoiseGate(max_chars=6, min_confidence=0.5, min_chars_per_second=0.75)
+    gate = NoiseGate(max_chars=6, min_confidence=0.5, min_chars_per_second=1.3)
     seven = (WordTiming("7", 0.4, 0.42, 0.9),)
     assert below_gate(gate, "7", seven, 2.15)
     assert not below_gate(gate, "7", seven, 1.2)
     assert not below_gate(dataclasses.replace(gate, min_chars_per_second=0.0), "7", seven, 2.15)
-    assert not below_gate(gate, "好", (WordTiming("好", 0.4, 0.42, 0.9),), 2.15)  # a Hanzi counts two
+    assert not below_gate(gate, "好", (WordTiming("好", 0.4, 0.42, 0.9),), 1.2)  # a Hanzi counts two
+    assert below_gate(gate, "a", (WordTiming("a", 0.4, 0.42, 0.9),), 1.2)  # a letter one
 
 
-def test_a_hanzi_counts_two_in_the_width_the_gate_limits():
-    assert [text_width(t) for t in ("是收养", "a b", "नहीं", "")] == [6, 2, 4, 0]
+def test_a_hanzi_and_a_digit_count_two_in_the_width_the_gate_limits():
+    assert [text_width(t) for t in ("是收养", "a b", "नहीं", "", "5 5", "१२")] == [6, 2, 4, 0, 4, 4]
+    gate = NoiseGate(max_chars=6, min_confidence=0.4, min_chars_per_second=1.3)
+    fives = (WordTiming("5", 0.34, 0.36, 0.31), WordTiming("5", 0.94, 0.96, 0.96))
+    assert not below_gate(gate, "5 5", fives, 1.55)  # "five five" said by a person (pocketsphinx cards-004)
+    assert below_gate(gate, "7", (WordTiming("7", 0.4, 0.42, 0.9),), 2.15)  # one "7" out of 2 s of babble
     gate = NoiseGate(max_chars=4, min_confidence=0.5)
     assert [is_short(gate, t) for t in ("好", "谢谢", "是收养", "nein", "danke", "")] == [True, True, False, True, False, False]
     assert not is_short(NoiseGate(), "a")  # max_chars 0: off

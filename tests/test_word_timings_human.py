@@ -1,7 +1,8 @@
 """Word timings on human speech: word boundaries fall in the pauses a person left between words.
 
 The shipped demo model's audio embeddings, read through its lm_head, are CTC posteriors;
-:func:`server.engine.words.word_timings` aligns a transcript's characters to them. Here the
+:func:`server.engine.words.word_timings` aligns a transcript's characters to them (or,
+where its lexicon says how every word is said, its phonemes to the phoneme head's). Here the
 transcript is each pocketsphinx-testdata recording's own (so the test measures the
 alignment, not the recognition), and the truth is the audio itself: every pause of at
 least ``MIN_PAUSE`` with speech on both sides (10 ms frames more than ``DEPTH`` dB below
@@ -18,7 +19,7 @@ import pytest
 from audio_fixtures import human_english
 
 from server.engine import load_model
-from server.engine.frames import embed_audio
+from server.engine.frames import read_audio
 from server.engine.words import word_timings
 
 MIN_PAUSE = 0.12
@@ -56,16 +57,19 @@ def demo():
     return load_model("demo", "cpu")
 
 
-def test_word_boundaries_fall_within_150_ms_of_the_pauses_between_words(demo):
+@pytest.mark.parametrize("phonemes", [False, True], ids=["characters", "phonemes"])
+def test_word_boundaries_fall_within_150_ms_of_the_pauses_between_words(demo, phonemes):
+    """Aligned in characters, and in the phonemes the lexicon says each word in (where it says
+    every word of the recording: not "dashwood")."""
     checked = 0
     misses = []
     for name, audio, text in human_english():
         audio = np.asarray(audio)
         words = _normalized(text)
         ids = demo.tokenizer.encode(words, add_special_tokens=False) + [demo.eos_token_id]
-        embeds = embed_audio(demo, [audio])[0]
-        slot = demo.spec.encoder_samples(len(audio)) / 16000 / embeds.shape[0]
-        timings = word_timings(demo, embeds, ids, slot, len(audio) / 16000)
+        embeds, phones = read_audio(demo, [audio])
+        slot = demo.spec.encoder_samples(len(audio)) / 16000 / embeds.shape[1]
+        timings = word_timings(demo, embeds[0], ids, slot, len(audio) / 16000, phones[0] if phonemes else None, "en")
         assert [w.word for w in timings] == words.split(), name
         assert all(a.end <= b.start for a, b in zip(timings, timings[1:])), name  # in order, no overlap
         for start, end in _pauses(audio):

@@ -54,7 +54,7 @@ from server.core.requests import (
     TranscribeResult,
 )
 
-from .frames import encode, log_mel
+from .frames import hear, log_mel
 from .model import AsrModel
 from .words import below_gate, is_short, word_timings
 
@@ -249,6 +249,8 @@ def denoise(
         for start, g in zip(start_canvases, generators)
     ]
     canvas = torch.cat(rows)
+    keep_below = settings.keep_start_below
+    kept = [row[0] if start is not None and keep_below > 0 else None for row, start in zip(rows, start_canvases)]
     active = list(range(len(steps)))
     finals: list[list[int]] = [[] for _ in steps]
     steps_run = [0] * len(steps)
@@ -273,6 +275,8 @@ def denoise(
             decoder_position_ids=positions,
         ).logits
         processed = _schedule(logits, [steps[r] - steps_run[r] for r in active], [steps[r] for r in active], settings)
+        # how probable each position's choice is before temperature: only where a start may be kept
+        sure = torch.softmax(logits.float(), dim=-1).amax(-1) if any(kept[r] is not None for r in active) else None
         del logits  # (batch, canvas, vocab) floats: on the real model several GB per copy
         probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
         sampled = torch.cat(
@@ -288,7 +292,10 @@ def denoise(
             steps_run[r] += 1
             stop = bool(stoppers[r](argmax[j : j + 1], processed[j : j + 1])[0])
             if stop or steps_run[r] >= steps[r]:
-                finals[r] = argmax[j].tolist()
+                chosen = argmax[j]
+                if kept[r] is not None:
+                    chosen = torch.where(sure[j] < keep_below, kept[r], chosen)
+                finals[r] = chosen.tolist()
             else:
                 keep.append(j)
         if len(keep) < len(active):
@@ -326,8 +333,7 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         features = log_mel(model.feature_extractor, [requests[i].audio for i in batch], samples, device)
         features = features.to(device=device, dtype=model.whisper.dtype)
         t1 = _sync(device)
-        embeds, phone_logits = model.projector.read(encode(model.whisper, features))
-        embeds = embeds.to(model.backbone.dtype)
+        embeds, phone_logits = hear(model, features)
         t2 = _sync(device)
         features_ms += (t1 - t0) * 1000
         audio_ms += (t2 - t1) * 1000
@@ -362,7 +368,8 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                 short = is_short(spec.noise_gate, text)
                 if requests[i].word_timings or short:
                     seconds = requests[i].audio.shape[0] / SAMPLE_RATE
-                    timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots, seconds)
+                    timed = word_timings(model, embeds[k], row, samples / SAMPLE_RATE / slots, seconds,
+                                         None if phone_logits is None else phone_logits[k], requests[i].language)
                     if short and below_gate(spec.noise_gate, text, timed, seconds):
                         row, timed = [model.eos_token_id] * len(row), ()  # noise, not speech: empty
                     words[i] = timed if requests[i].word_timings else ()

@@ -12,6 +12,11 @@ for shorter inputs and calls the library's own forward for a full window.
 
 The engine's batches and the demo trainer's feature cache both go through here, so a
 model is trained on exactly the frames it is served.
+
+:func:`hear` runs the encoder and the projector under the model's ``audio_dtype``
+(autocast): on a CPU that computes bf16 natively (AVX512-BF16, AMX) the loader sets bf16
+for the demo, which halves the audio path's time there (the demo's training frames were
+computed that way too); elsewhere they run in their weights' own dtype.
 """
 
 from __future__ import annotations
@@ -24,7 +29,19 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-__all__ = ["log_mel", "encode", "embed_audio", "read_audio"]
+__all__ = ["log_mel", "encode", "hear", "embed_audio", "read_audio", "native_bf16"]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX).
+
+    There bf16 autocast halves the encoder's time; on a CPU without it (AVX2 only, e.g.
+    an AMD EPYC seen here) oneDNN emulates bf16 and the same encode took 7x longer than fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private probe: when it is gone, assume not
+        return False
 
 
 def log_mel(extractor: WhisperFeatureExtractor, audios: Sequence[np.ndarray], samples: int,
@@ -72,4 +89,13 @@ def read_audio(model, audios: Sequence[np.ndarray],
     """(projector outputs, phoneme logits or None): :func:`embed_audio` with the phoneme head's reading."""
     samples = samples or model.spec.encoder_samples(max(a.shape[0] for a in audios))
     features = log_mel(model.feature_extractor, audios, samples, model.device).to(model.device, model.whisper.dtype)
-    return model.projector.read(encode(model.whisper, features))
+    return hear(model, features)
+
+
+def hear(model, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(projector outputs in the backbone's dtype, phoneme logits in float32 or None) of
+    ``model`` (an AsrModel) for log-mel ``features``, under its ``audio_dtype``."""
+    with torch.autocast(model.device.type, dtype=model.audio_dtype or torch.float32,
+                        enabled=model.audio_dtype is not None):
+        embeds, phones = model.projector.read(encode(model.whisper, features))
+    return embeds.to(model.backbone.dtype), None if phones is None else phones.float()

@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "LexiconDecoding",
-           "LexiconWeights", "read_lines"]
+__all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "WORD_MARK_ID",
+           "LexiconDecoding", "LexiconWeights", "read_lines", "read_weights"]
 
 log = logging.getLogger("dgasr.lexicon")
 
@@ -64,6 +64,7 @@ UNKNOWN_LOG_PROB = -20.0
 UNSPACED = frozenset({"zh", "ja", "th"})
 WEIGHTS_FILE = "weights.json"
 PHONES_FILE = "phones.json"  # a phoneme head's inventory: blank first, then WORD_MARK
+WORD_MARK_ID = 1  # the word mark's index in every inventory (blank is 0)
 WORD_MARK = "|"  # the phoneme between two words, as the word space is between spelled ones
 _SUFFIXES = (".tsv", ".tsv.gz", ".tsv.xz")  # xz: the shipped demo's lexicons, a fifth smaller than gzip
 
@@ -108,6 +109,7 @@ class LexiconDecoding:
         self._space = self._chars.get(" ")
         self._decoders: dict[str, tuple] = {}
         self._alphabets: dict[str, frozenset[str]] = {}
+        self._said: dict[str, dict[str, list[int]]] = {}  # per phonemic language: word -> its phonemes
         if self._space is None:
             raise ValueError("lexicon decoding needs a tokenizer with a space token")
         # the units the search reads: characters (token ids), or a phoneme head's inventory
@@ -182,13 +184,15 @@ class LexiconDecoding:
 
             words, scores, spellings, phonemic = self._read(language)
             # (units, the unit that ends a word, blank) of the search: phonemes, or the tokenizer's characters
-            units, boundary, blank = (len(self.phones), 1, 0) if phonemic else (len(self.tokenizer), self._space,
+            units, boundary, blank = (len(self.phones), WORD_MARK_ID, 0) if phonemic else (len(self.tokenizer), self._space,
                                                                                 self.blank)
             trie = Trie(units, boundary)
             closing = [] if language in UNSPACED else [boundary]
             for index, (spelling, score) in enumerate(zip(spellings, scores)):
                 trie.insert(spelling + closing, index, score)
             trie.smear(SmearingMode.MAX)
+            if phonemic:
+                self._said[language] = dict(zip(words, spellings))
             words.append("<unk>")
             scores.append(UNKNOWN_LOG_PROB)
             lm = Unigram(scores)  # the decoder keeps a C++ pointer: this object must stay alive
@@ -231,6 +235,15 @@ class LexiconDecoding:
     def reads_phones(self, language: str) -> bool:
         """Whether ``language`` is searched in phonemes (its file has them, and there is an inventory)."""
         return language in self.files and self._decoder(language)[5]
+
+    def pronounce(self, words: list[str], language: str | None) -> list[list[int]] | None:
+        """Each word's phonemes (inventory indices) as ``language``'s lexicon says it; with no
+        language, as the first lexicon in phonemes that has every word does. None when no such
+        lexicon has them all (the caller then aligns characters)."""
+        for name in [language] if language else list(self.files):
+            if name in self.files and self.reads_phones(name) and all(w in self._said[name] for w in words):
+                return [self._said[name][w] for w in words]
+        return None
 
     def decode(self, log_probs: np.ndarray | None, language: str | None,
                phone_log_probs: np.ndarray | None = None) -> list[int] | None:

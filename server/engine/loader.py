@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .frames import native_bf16
 from .lexicon import LEXICON_DIR, LexiconDecoding
 from .model import PROJECTOR_FILE, AsrModel
 from .projector import AudioProjector
@@ -330,8 +331,27 @@ def _load_spec(spec: ModelSpec, base: Path | None, device: torch.device, dtype: 
                 raise ModelLoadError(f"{base / LEXICON_DIR}: spelled in {said or 'no'} phonemes, but the projector "
                                      f"reads {spec.projector.phones or 'no'} phonemes")
             log.info("lexicon decoding for %s%s", ", ".join(lexicon.languages), " (in phonemes)" if said else "")
-    return AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source,
-                    lexicon=lexicon).to(device, dtype)
+    model = AsrModel(spec, features, whisper, projector, backbone, tokenizer, source=source,
+                     lexicon=lexicon).to(device, dtype)
+    model.audio_dtype = _audio_dtype(spec, device, dtype)
+    return model
+
+
+def _audio_dtype(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """bf16 autocast for the encoder and projector of a float32 model that allows it
+    (``spec.cpu_audio_bf16``) on a CPU that computes bf16 natively: there it halves their
+    time. ``DGASR_AUDIO_BF16=0`` keeps float32; ``1`` forces bf16 for any model on a CPU
+    (one without native bf16 emulates it, slowly). None elsewhere."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return None
+    wanted = os.environ.get("DGASR_AUDIO_BF16", "").strip()
+    if wanted not in ("", "0", "1"):
+        raise ModelLoadError(f"DGASR_AUDIO_BF16 must be 0 or 1, not {wanted!r}")
+    if wanted == "1" or (not wanted and spec.cpu_audio_bf16 and native_bf16()):
+        log.info("encoder and projector in bf16 autocast (%s)",
+                 "DGASR_AUDIO_BF16=1" if wanted else "this CPU computes bf16 natively; DGASR_AUDIO_BF16=0 keeps float32")
+        return torch.bfloat16
+    return None
 
 
 def _apply_overrides(spec: ModelSpec, overrides: dict[str, str | None]) -> ModelSpec:

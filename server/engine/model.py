@@ -46,6 +46,7 @@ class AsrModel:
     tokenizer: object  # a transformers fast tokenizer
     source: str = "in-memory"
     lexicon: object = None  # a LexiconDecoding (engine/lexicon.py) when the model directory has one
+    audio_dtype: torch.dtype | None = None  # autocast of the encoder and projector (None: their own dtype)
 
     def __post_init__(self) -> None:
         self._prompt_cache: dict[tuple[str | None, int], list[int]] = {}

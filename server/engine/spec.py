@@ -27,13 +27,21 @@ WHISPER_FRAMES_PER_SECOND = 50  # whisper encoder output rate: 100 mel frames/s,
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """DiffusionGemma sampler knobs; defaults are transformers' own generation defaults."""
+    """DiffusionGemma sampler knobs; defaults are transformers' own generation defaults.
+
+    ``keep_start_below`` is dgasr's own: a canvas that started from the model's reading of
+    the audio (``canvas_start="ctc"``, or a warm start) keeps its start token wherever the
+    denoiser's final choice is less probable than this (its softmax before temperature).
+    The reading is evidence, not noise: a small denoiser unsure of a rare letter ("è",
+    "ç") should not replace it by its guess. 0 (the default) always takes the choice.
+    """
 
     t_min: float = 0.4
     t_max: float = 0.8
     entropy_bound: float = 0.1
     stability_threshold: int = 1
     confidence_threshold: float = 0.005
+    keep_start_below: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,10 @@ class ModelSpec:
     ``> 0`` encodes the audio's own length rounded up to a multiple of it (a model
     trained that way, like the demo), so a 2 s draft does not pay for a full-window
     encode. The prompt then holds as many audio slots as the projector makes of it.
+
+    ``cpu_audio_bf16`` lets the loader run the encoder and projector of a float32 model in
+    bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16, AMX): about twice as
+    fast there, for a model whose training frames were computed that way (the demo).
     """
 
     name: str
@@ -137,6 +149,7 @@ class ModelSpec:
     merge_lora: bool = True
     canvas_start: str = "random"
     encoder_bucket_seconds: float = 0.0
+    cpu_audio_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.canvas_start not in CANVAS_STARTS:

@@ -13,6 +13,13 @@ seconds from the start of the request's audio; its confidence is the mean of its
 tokens' scores. With a model whose lm_head cannot read the audio (tiny-random) the
 times are valid but meaningless.
 
+A model with a phoneme head (the demo) finds English, German, French and Spanish words
+in what it heard in phonemes, and spells them from its lexicon: "knight" was heard as
+"n aɪ t", and its letters align badly with a character reading that says "nite". Where
+the lexicon says how every word of the transcript is said, the words are aligned in
+phonemes instead (each word's phonemes, the word mark between words, as the head was
+trained), and a word's confidence is the mean of its phonemes' scores.
+
 The same confidences gate noise: :func:`below_gate` says when a short transcript (a
 letter or a word, what a model makes of a fan or a crowd that VAD let through) is too
 weakly in its audio, or too little text for its seconds of sound, to be speech;
@@ -24,30 +31,42 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import torch
 
 from server.core.align import ctc_align
 from server.core.requests import WordTiming
 
+from .lexicon import WORD_MARK_ID
 from .model import AsrModel
 from .spec import NoiseGate
 
-__all__ = ["word_timings", "text_width", "is_short", "below_gate"]
+__all__ = ["word_timings", "phone_timings", "text_width", "is_short", "below_gate"]
 
 _SPACE = ("\u2581", " ", "\u0120")  # SentencePiece, plain, byte-level BPE word starts
 
 
 def word_timings(model: AsrModel, embeds: torch.Tensor, canvas: list[int], seconds_per_slot: float,
-                 audio_seconds: float) -> tuple[WordTiming, ...]:
-    """Words of ``canvas`` with times, from one request's audio embeddings ``(slots, hidden)``."""
+                 audio_seconds: float, phone_logits: torch.Tensor | None = None,
+                 language: str | None = None) -> tuple[WordTiming, ...]:
+    """Words of ``canvas`` with times, from one request's audio embeddings ``(slots, hidden)``
+    (and, for a model with a phoneme head, its phoneme logits ``(slots, phonemes)``)."""
     special = set(model.tokenizer.all_special_ids)
     tokens = [t for t in model.canvas_tokens(canvas) if t not in special]
     if not tokens:
         return ()
+    slots = min(embeds.shape[0], max(1, round(audio_seconds / seconds_per_slot)))  # only slots with audio
+    said = None
+    if phone_logits is not None and model.lexicon is not None:
+        written = model.decode(canvas).split()
+        said = model.lexicon.pronounce(written, language)
+    if said:
+        with torch.inference_mode():
+            phones = torch.log_softmax(phone_logits[:slots].float(), dim=-1).cpu().numpy()
+        return phone_timings(phones, written, said, seconds_per_slot, audio_seconds)
     bb = model.backbone
     with torch.inference_mode():
         log_probs = torch.log_softmax(bb.lm_head(embeds.to(bb.dtype)).float(), dim=-1).cpu().numpy()
-    slots = min(log_probs.shape[0], max(1, round(audio_seconds / seconds_per_slot)))  # only slots with audio
     spans = ctc_align(log_probs[:slots], tokens, bb.config.text_config.pad_token_id)
     if spans is None:
         return ()
@@ -72,13 +91,43 @@ def word_timings(model: AsrModel, embeds: torch.Tensor, canvas: list[int], secon
     )
 
 
+def phone_timings(log_probs: np.ndarray, words: list[str], said: list[list[int]], seconds_per_slot: float,
+                  audio_seconds: float) -> tuple[WordTiming, ...]:
+    """``words`` with times and confidences from phoneme log-probabilities ``(slots, phonemes)``
+    (blank 0, word mark 1): ``said`` holds each word's phonemes, aligned with the mark between words."""
+    targets: list[int] = []
+    owner: list[int] = []  # the word each target belongs to (-1: a word mark)
+    for index, phones in enumerate(said):
+        if index:
+            targets.append(WORD_MARK_ID)
+            owner.append(-1)
+        targets += phones
+        owner += [index] * len(phones)
+    spans = ctc_align(log_probs, targets, 0)
+    if spans is None:
+        return ()
+    marks = [span for span, who in zip(spans, owner) if who == -1]
+    timed = []
+    for index, word in enumerate(words):
+        mine = [span for span, who in zip(spans, owner) if who == index]
+        # CTC spikes a phoneme in a frame or two, early in the sound: a word lasts until the
+        # word mark after it (its last vowel and the consonant after it are still being said)
+        first, last = mine[0].first, marks[index].first - 1 if index < len(marks) else mine[-1].last
+        timed.append(WordTiming(word, round(first * seconds_per_slot, 3),
+                                round(min((last + 1) * seconds_per_slot, audio_seconds), 3),
+                                round(sum(span.score for span in mine) / len(mine), 3)))
+    return tuple(timed)
+
+
 def text_width(text: str) -> int:
-    """How wide ``text`` is, spaces aside: a wide character (Hanzi, a whole syllable) counts two.
+    """How wide ``text`` is, spaces aside: a wide character (Hanzi, a whole syllable) and a
+    digit (a number word: "5" is "five") count two.
 
     The gate's length limit is about how much was said; counted in code points, three
-    Hanzi (three syllables, often two words) would weigh as little as "the".
+    Hanzi (three syllables, often two words) would weigh as little as "the", and "five five"
+    said in 1.5 s, written "5 5", as little as one letter of babble.
     """
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text if not c.isspace())
+    return sum(2 if c.isdigit() or unicodedata.east_asian_width(c) in "WF" else 1 for c in text if not c.isspace())
 
 
 def is_short(gate: NoiseGate, text: str) -> bool:
