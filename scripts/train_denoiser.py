@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_shards import FramePool  # noqa: E402
 from train_demo import diffusion_loss  # noqa: E402
+from train_state import TrainState  # noqa: E402
 
 from server.engine.denoise import ctc_canvases  # noqa: E402
 from server.engine.frames import native_bf16  # noqa: E402
@@ -79,34 +79,18 @@ def train(args, model) -> None:
     params = trained_parameters(model)
     print(f"training {sum(p.numel() for p in params.values()) / 1e6:.2f}M denoiser parameters", flush=True)
     opt = torch.optim.AdamW(params.values(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    step, spent = 0, 0.0
-    if args.state.exists():
-        saved = torch.load(args.state, weights_only=False)
-        model.backbone.load_state_dict(saved["backbone"])
-        opt.load_state_dict(saved["opt"])
-        step, spent = saved["step"], saved["spent"]
-        print(f"resumed at step {step} ({spent / 60:.1f} min spent)", flush=True)
-    stop = {"now": False}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.update(now=True))
-
-    def save() -> None:
-        args.state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.state.with_suffix(".tmp")
-        torch.save({"backbone": model.backbone.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "spent": spent}, tmp)
-        tmp.replace(args.state)
-
+    state = TrainState(args.state, "backbone", model.backbone, opt)
+    state.resume()
     pool = FramePool(args.data, model.tokenizer, args.frames_per_batch)
     pool.poll()
-    rng = torch.Generator().manual_seed(args.seed * 7919 + step)
-    data_rng = np.random.default_rng([args.seed, step])
+    rng = torch.Generator().manual_seed(args.seed * 7919 + state.step)
+    data_rng = np.random.default_rng([args.seed, state.step])
     bf16 = args.bf16 and native_bf16()
     model.projector.eval(), model.backbone.train()
-    budget, started, last_save, shown = args.minutes * 60, time.time() - spent, time.time(), []
-    while not stop["now"] and time.time() - started < budget:
+    budget, started, last_save, shown = args.minutes * 60, time.time() - state.spent, time.time(), []
+    while not state.stop and time.time() - started < budget:
         frac = (time.time() - started) / budget
-        lr = args.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = args.lr * min(1.0, (state.step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
         frames, targets, languages = pool.batch(data_rng, args.augment)
@@ -119,18 +103,18 @@ def train(args, model) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         opt.step()
-        step += 1
-        spent = time.time() - started
+        state.step += 1
+        state.spent = time.time() - started
         shown.append(loss.item())
-        if step % 20 == 0:
-            print(f"step {step} diffusion {np.mean(shown):.4f} lr {lr:.2e} {spent / 60:.1f} min, "
+        if state.step % 20 == 0:
+            print(f"step {state.step} diffusion {np.mean(shown):.4f} lr {lr:.2e} {state.spent / 60:.1f} min, "
                   f"{len(pool.rows)} utts, batch {frames.shape[0]}x{frames.shape[1]}", flush=True)
             shown.clear()
         if time.time() - last_save > args.save_every:
-            save()
+            state.save()
             last_save = time.time()
-    save()
-    print(f"saved step {step} to {args.state}", flush=True)
+    state.save()
+    print(f"saved step {state.step} to {args.state}", flush=True)
 
 
 def export(args, model) -> None:

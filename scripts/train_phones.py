@@ -22,7 +22,6 @@ pronouncing lexicons of ``--lexicons``, and prints WER/CER per language::
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_phones as dp  # noqa: E402
 from demo_shards import FramePool  # noqa: E402
+from train_state import TrainState  # noqa: E402
 from server.engine.frames import native_bf16  # noqa: E402
 
 
@@ -76,29 +76,14 @@ def train(args, model, phones: list[str]) -> None:
     params = [{"params": [p for name, p in model.projector.named_parameters() if not name.startswith("phone_")],
                "lr": args.lr}, {"params": head, "lr": args.head_lr}]
     opt = torch.optim.AdamW(params, weight_decay=0.01)
-    step, spent = 0, 0.0
-    if args.state.exists():
-        saved = torch.load(args.state, weights_only=False)
-        model.projector.load_state_dict(saved["projector"])
-        opt.load_state_dict(saved["opt"])
-        step, spent = saved["step"], saved["spent"]
-        print(f"resumed at step {step} ({spent / 60:.1f} min spent)", flush=True)
-    stop = {"now": False}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.update(now=True))
-
-    def save() -> None:
-        args.state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.state.with_suffix(".tmp")
-        torch.save({"projector": model.projector.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "spent": spent, "phones": phones}, tmp)
-        tmp.replace(args.state)
-
+    state = TrainState(args.state, "projector", model.projector, opt, phones=phones)
+    state.resume()
+    step, spent = state.step, state.spent
     rng = np.random.default_rng(args.seed + step)
     bf16 = args.bf16 and native_bf16()
     model.projector.train()
     budget, started, last_save, shown = args.minutes * 60, time.time() - spent, time.time(), []
-    while not stop["now"] and time.time() - started < budget:
+    while not state.stop and time.time() - started < budget:
         if step % 200 == 0 and pool.poll() > len(targets):
             extend_targets()
         frac = (time.time() - started) / budget
@@ -128,11 +113,11 @@ def train(args, model, phones: list[str]) -> None:
             shown.clear()
             print(f"step {step} phone ctc {p:.3f} char ctc {c:.3f} lr {scale * args.lr:.2e} "
                   f"{(time.time() - started) / 60:.1f} min, {len(targets)} utts", flush=True)
-        spent = time.time() - started
+        state.step, state.spent = step, time.time() - started
         if time.time() - last_save > args.save_every:
-            save()
+            state.save()
             last_save = time.time()
-    save()
+    state.save()
     print(f"saved step {step} to {args.state}", flush=True)
 
 
