@@ -45,7 +45,7 @@ from train_demo import diffusion_loss  # noqa: E402
 from train_state import TrainState  # noqa: E402
 
 from server.engine.denoise import ctc_canvases  # noqa: E402
-from server.engine.frames import native_bf16  # noqa: E402
+from server.engine.frames import native_bf16, project  # noqa: E402
 from server.engine.lexicon import LEXICON_DIR  # noqa: E402
 from server.engine.loader import load_model  # noqa: E402
 
@@ -67,11 +67,9 @@ def trained_parameters(model) -> dict[str, torch.nn.Parameter]:
 
 def start_canvases(model, frames: torch.Tensor, languages: list[str]):
     """(embeddings, start canvases) of a batch of encoder frames, read as the engine reads them
-    (under the model's ``audio_dtype``, as :func:`server.engine.frames.hear` does)."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=model.audio_dtype or torch.float32,
-                                         enabled=model.audio_dtype is not None):
-        embeds, phone_logits = model.projector.read(frames)
-    embeds, phone_logits = embeds.float(), phone_logits.float()
+    (:func:`server.engine.frames.project`, under the model's ``audio_dtype``)."""
+    with torch.no_grad():
+        embeds, phone_logits = project(model, frames)
     return embeds, ctc_canvases(model, embeds, languages, phone_logits)
 
 

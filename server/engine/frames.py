@@ -29,7 +29,7 @@ from torch import nn
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-__all__ = ["log_mel", "encode", "hear", "embed_audio", "read_audio", "native_bf16"]
+__all__ = ["log_mel", "encode", "hear", "project", "embed_audio", "read_audio", "native_bf16"]
 
 
 def native_bf16() -> bool:
@@ -95,7 +95,17 @@ def read_audio(model, audios: Sequence[np.ndarray],
 def hear(model, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(projector outputs in the backbone's dtype, phoneme logits in float32 or None) of
     ``model`` (an AsrModel) for log-mel ``features``, under its ``audio_dtype``."""
-    with torch.autocast(model.device.type, dtype=model.audio_dtype or torch.float32,
-                        enabled=model.audio_dtype is not None):
-        embeds, phones = model.projector.read(encode(model.whisper, features))
+    with _audio_autocast(model):
+        return project(model, encode(model.whisper, features))
+
+
+def project(model, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`hear` from whisper encoder ``frames`` on (the demo's trainers start from stored frames)."""
+    with _audio_autocast(model):
+        embeds, phones = model.projector.read(frames)
     return embeds.to(model.backbone.dtype), None if phones is None else phones.float()
+
+
+def _audio_autocast(model) -> torch.autocast:
+    return torch.autocast(model.device.type, dtype=model.audio_dtype or torch.float32,
+                          enabled=model.audio_dtype is not None)

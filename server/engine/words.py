@@ -95,25 +95,18 @@ def phone_timings(log_probs: np.ndarray, words: list[str], said: list[list[int]]
                   audio_seconds: float) -> tuple[WordTiming, ...]:
     """``words`` with times and confidences from phoneme log-probabilities ``(slots, phonemes)``
     (blank 0, word mark 1): ``said`` holds each word's phonemes, aligned with the mark between words."""
-    targets: list[int] = []
-    owner: list[int] = []  # the word each target belongs to (-1: a word mark)
-    for index, phones in enumerate(said):
-        if index:
-            targets.append(WORD_MARK_ID)
-            owner.append(-1)
-        targets += phones
-        owner += [index] * len(phones)
+    targets = [unit for index, phones in enumerate(said) for unit in ([WORD_MARK_ID] if index else []) + phones]
     spans = ctc_align(log_probs, targets, 0)
     if spans is None:
         return ()
-    marks = [span for span, who in zip(spans, owner) if who == -1]
-    timed = []
-    for index, word in enumerate(words):
-        mine = [span for span, who in zip(spans, owner) if who == index]
+    timed, at = [], 0
+    for word, phones in zip(words, said):
+        mine, at = spans[at: at + len(phones)], at + len(phones)
         # CTC spikes a phoneme in a frame or two, early in the sound: a word lasts until the
         # word mark after it (its last vowel and the consonant after it are still being said)
-        first, last = mine[0].first, marks[index].first - 1 if index < len(marks) else mine[-1].last
-        timed.append(WordTiming(word, round(first * seconds_per_slot, 3),
+        last = spans[at].first - 1 if at < len(spans) else mine[-1].last
+        at += 1  # past the word mark
+        timed.append(WordTiming(word, round(mine[0].first * seconds_per_slot, 3),
                                 round(min((last + 1) * seconds_per_slot, audio_seconds), 3),
                                 round(sum(span.score for span in mine) / len(mine), 3)))
     return tuple(timed)
