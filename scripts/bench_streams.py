@@ -11,7 +11,9 @@ time, and reports p50/p95 of:
 
 then does the same with batching disabled (max batch 1) and prints the ratio (``--no-single``
 leaves that out; ``--mixed`` adds a run where drafts fill the finals' batches, as the scheduler
-did before it sent finals alone on CPU threads, and the ratio of its final p95). The speech is espeak-ng sentences (known onsets/ends) separated by pauses;
+did before it sent finals alone on CPU threads, and ``--many-drafts`` one where drafts are
+batched as many as fit, as it did before it ran them one by one on CPU threads; each with the
+ratio of its final p95). The speech is espeak-ng sentences (known onsets/ends) separated by pauses;
 every client gets its own text. The last line says how many clients the batched server
 sustained: the most, among the counts run, with no final lost and final p95 at most
 ``--target-ms`` after the end of speech (default 2,100 ms: the 600 ms of silence that ends
@@ -172,12 +174,14 @@ class CostMeter:
 
 
 async def _run(engine: Engine, clients: int, max_batch: int, greedy: int = 0, greedy_steps: int = 64,
-               fifo: bool = False, meter: CostMeter | None = None, mixed: bool = False) -> dict:
+               fifo: bool = False, meter: CostMeter | None = None, mixed: bool = False, many_drafts: bool = False) -> dict:
     server = DgasrServer(ServerConfig(port=0, max_batch=max_batch, max_sessions=max(64, clients + greedy)), engine)
     if fifo:
         server.scheduler = FifoScheduler()
     if mixed:  # drafts fill finals' batches even on CPU threads (the scheduler before 2026-12-06)
         server.scheduler.drafts_with_finals = True
+    if many_drafts:  # drafts batched as many as fit, even on CPU threads (the scheduler before 2026-12-07)
+        server.scheduler.max_drafts = None
     await server.start()
     url = f"ws://127.0.0.1:{server.port}"
     hogs = f"?draft_steps={greedy_steps}&final_steps={greedy_steps}"
@@ -245,6 +249,11 @@ async def main_async(args: argparse.Namespace) -> None:
             print(_row(f"{n} x mixed", mixed))
             ratio = _pct(mixed["final"], .95) / max(_pct(batched["final"], .95), 1e-9)
             print(f"{'':14s} final p95 drafts riding with finals / as served = {ratio:.2f}")
+        if args.many_drafts:
+            many = await _run(engine, n, args.max_batch, meter=meter, many_drafts=True)
+            print(_row(f"{n} x drafts", many))
+            ratio = _pct(many["final"], .95) / max(_pct(batched["final"], .95), 1e-9)
+            print(f"{'':14s} final p95 drafts batched as many as fit / as served = {ratio:.2f}")
         if args.no_single:
             continue
         single = await _run(engine, n, 1, meter=meter)
@@ -268,6 +277,8 @@ def main() -> None:
     p.add_argument("--no-single", action="store_true", help="leave out the batch=1 comparison runs")
     p.add_argument("--mixed", action="store_true",
                    help="also run with drafts filling finals' batches (on CPU the server sends finals alone)")
+    p.add_argument("--many-drafts", action="store_true",
+                   help="also run with drafts batched as many as fit (on CPU the server runs them one by one)")
     p.add_argument("--costs", type=Path, help="a cost file: also print live engine time / its prediction")
     p.add_argument("--target-ms", type=float, default=2100.0,
                    help="final p95 after the end of speech that a sustained client count stays under")

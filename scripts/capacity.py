@@ -199,7 +199,7 @@ async def _simulate(costs: Costs, streams: int, seconds: float, max_batch: int, 
                     partial_interval_ms: int) -> dict:
     engine = CostEngine(costs)
     registry = SessionRegistry()
-    loop_ = EngineLoop(engine, Scheduler(), max_batch, registry.deliver)
+    loop_ = EngineLoop(engine, Scheduler.for_device(cpu=costs.device == "cpu"), max_batch, registry.deliver)
     runner = asyncio.create_task(loop_.run())
     window = costs.window_seconds
     config = SessionConfig(model=costs.model, draft_steps=costs.draft_steps, final_steps=costs.final_steps,

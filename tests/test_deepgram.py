@@ -28,6 +28,7 @@ from deepgram.listen.v1.types import (
 )
 from wsclient import encode, stream
 
+from server.core import events as ev
 from server.wire import deepgram as dg
 
 SENTENCES = [0.4, "Hello there, how are you today?", 1.0, "Please call me back tomorrow.", 0.9]
@@ -168,3 +169,18 @@ def test_deepgram_endpointing_false_keeps_both_sentences_in_one_final_until_clos
     finals = [m for m in _validated(got) if m.type == "Results" and m.is_final]
     assert len(finals) == 1
     assert abs(finals[0].start - truth[0][0]) < 0.45 and finals[0].start + finals[0].duration > truth[1][1] - 0.3
+
+
+def test_deepgram_multi_results_name_the_language_heard_and_hinted_results_leave_it_out():
+    """With ``language=multi`` a final's alternative carries ``languages`` (the language the
+    model heard, as Deepgram's multilingual results do); with a language given, or on an empty
+    final, the field is left out. The SDK's own model reads both."""
+    heard = ev.Final(0, "bonjour à tous", 0.5, 1.9, 1, "fr", 120.0)
+    for query, languages in (({"language": "multi"}, ["fr"]), ({"language": "en"}, None)):
+        codec = dg.DeepgramCodec(dg.DeepgramParams.from_query(query))
+        (frame,) = codec.encode(heard)
+        alternative = json.loads(frame)["channel"]["alternatives"][0]
+        assert alternative.get("languages") == languages and ("languages" in alternative) == (languages is not None)
+        assert ListenV1Results.model_validate_json(frame).channel.alternatives[0].languages == languages
+    codec = dg.DeepgramCodec(dg.DeepgramParams.from_query({"language": "multi"}))
+    assert "languages" not in codec.encode(ev.Final(1, "", 2.0, 2.5, 1, "fr", 90.0))[0]

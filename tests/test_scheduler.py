@@ -55,6 +55,39 @@ def test_scheduler_sends_finals_without_drafts_when_rows_cost_their_sum() -> Non
     ]
 
 
+def test_scheduler_caps_drafts_per_batch_when_max_drafts_set() -> None:
+    """On CPU threads eight batched drafts save nothing and hold a final that arrives meanwhile
+    for all eight: with max_drafts 2 the drafts go two by two, and a final submitted between
+    two draft batches goes next."""
+    s = Scheduler(drafts_with_finals=False, max_drafts=2)
+    for name in "abcde":
+        s.submit(job(name, 0, DRAFT))
+    assert tags(s.next_batch(16)) == [("a", 0, "draft"), ("b", 0, "draft")]
+    s.submit(job("z", 0, FINAL))
+    assert [tags(b) for b in drain(s, 16)] == [
+        [("z", 0, "final")],
+        [("c", 0, "draft"), ("d", 0, "draft")],
+        [("e", 0, "draft")],
+    ]
+    with pytest.raises(ValueError, match="max_drafts"):
+        Scheduler(max_drafts=0)
+
+
+def test_scheduler_runs_catch_up_draft_before_other_drafts() -> None:
+    """A draft of the whole segment at a pause goes before drafts submitted earlier (its
+    final follows within the VAD's silence); finals still go before it."""
+    s = Scheduler(drafts_with_finals=False, max_drafts=1)
+    for name in "ab":
+        s.submit(job(name, 0, DRAFT))
+    pause = job("c", 0, DRAFT)
+    pause.catch_up = True
+    s.submit(pause)
+    s.submit(job("d", 5, FINAL))
+    assert [tags(b) for b in drain(s, 16)] == [
+        [("d", 5, "final")], [("c", 0, "draft")], [("a", 0, "draft")], [("b", 0, "draft")],
+    ]
+
+
 def test_scheduler_respects_batch_bound_when_many_jobs_wait() -> None:
     """Seven finals and three drafts with max_batch 3 give batches of 3,3,3,1 in order."""
     s = Scheduler()
@@ -212,3 +245,15 @@ def test_scheduler_rejoins_a_quiet_session_at_the_lowest_waiting_charge() -> Non
     s.submit(steps_job("quiet", 1, 8))
     order = [(j.session, j.segment) for b in drain(s, 1) for j in b]
     assert order == [("busy", 6), ("quiet", 0), ("quiet", 1)]
+
+
+def test_scheduler_for_cpu_threads_sends_finals_alone_and_drafts_one_by_one() -> None:
+    """The server's policy per device: on CPU threads finals go without drafts and drafts one at
+    a time; on an accelerator extra rows are nearly free, so drafts ride with finals."""
+    jobs = lambda: [job("a", 0, DRAFT), job("b", 0, DRAFT), job("c", 1, FINAL)]  # noqa: E731
+    cpu, gpu = Scheduler.for_device(cpu=True), Scheduler.for_device(cpu=False)
+    for s in (cpu, gpu):
+        for j in jobs():
+            s.submit(j)
+    assert [tags(b) for b in drain(cpu, 16)] == [[("c", 1, "final")], [("a", 0, "draft")], [("b", 0, "draft")]]
+    assert [tags(b) for b in drain(gpu, 16)] == [[("c", 1, "final"), ("a", 0, "draft"), ("b", 0, "draft")]]

@@ -84,3 +84,6 @@ class TranscribeResult:
     steps: int
     timings: PhaseTimings
     words: tuple[WordTiming, ...] = ()
+    # the request's hint, or without one the language the model heard (a lexicon model's search
+    # picks it); None when neither is known (the real model does not say)
+    language: str | None = None

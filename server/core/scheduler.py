@@ -24,7 +24,14 @@ Where a batch costs about the sum of its rows (an engine on CPU threads: rows of
 encoder buckets are encoded one after another, and even rows of one bucket share little),
 a draft riding with a final only delays the final by the draft's whole cost; with
 ``drafts_with_finals=False`` a batch that has finals takes no drafts (the server sets it
-for an engine on CPU). On a GPU extra rows are nearly free, and they ride along.
+for an engine on CPU). On a GPU extra rows are nearly free, and they ride along. For the
+same reason ``max_drafts`` caps the drafts of one batch on CPU threads: eight drafts batched
+save nothing there and hold a final that comes in meanwhile for all eight.
+
+A draft that brings a segment up to date at a pause (``catch_up``: the speaker stopped, the
+segment's whole speech is in it) goes before other drafts: the final follows it within the
+VAD's silence, and unless it runs first the caption lags the speaker by its last words
+until then.
 
 If the engine fails a batch, the loop calls :meth:`retry` with the finals of that batch;
 they go back to the front of the queue marked for a batch of their own, so one poisoned
@@ -46,6 +53,7 @@ from server.core.requests import TranscribeRequest
 __all__ = ["Job", "JobKind", "Scheduler", "SchedulerFull"]
 
 _ids = itertools.count()
+CPU_DRAFTS_PER_BATCH = 1  # drafts in one batch of an engine on CPU threads (Scheduler.for_device)
 
 
 class JobKind(enum.Enum):
@@ -62,6 +70,7 @@ class Job:
     kind: JobKind
     request: TranscribeRequest
     end: int = 0  # stream sample position the job's audio reaches (drafts)
+    catch_up: bool = False  # a draft of all the segment's speech, at a pause: before other drafts
     attempts: int = 0
     alone: bool = False  # retry in a batch of its own
     id: int = field(default_factory=lambda: next(_ids))
@@ -78,9 +87,12 @@ class Scheduler:
         max_finals: bound on waiting finals; sessions apply backpressure well before it
             (each has a small cap of its own), so hitting it is a bug, reported loudly.
         drafts_with_finals: whether drafts may fill a batch that has finals (see above).
+        max_drafts: most drafts in one batch (None: as many as ``max_batch`` allows).
     """
 
-    def __init__(self, max_finals: int = 4096, drafts_with_finals: bool = True) -> None:
+    def __init__(self, max_finals: int = 4096, drafts_with_finals: bool = True, max_drafts: int | None = None) -> None:
+        if max_drafts is not None and max_drafts < 1:
+            raise ValueError("max_drafts must be at least 1")
         self._finals: OrderedDict[Hashable, deque[Job]] = OrderedDict()  # per session, in its order
         self._retries: deque[Job] = deque()  # finals of a failed batch, each to run alone
         self._drafts: OrderedDict[Hashable, Job] = OrderedDict()
@@ -88,7 +100,17 @@ class Scheduler:
         self._final_count = 0
         self.max_finals = max_finals
         self.drafts_with_finals = drafts_with_finals
+        self.max_drafts = max_drafts
         self.dropped_drafts = 0
+
+    @classmethod
+    def for_device(cls, cpu: bool) -> Scheduler:
+        """The server's scheduler for an engine on CPU threads or on an accelerator. On CPU
+        threads a batch costs the sum of its rows, so finals go without drafts riding along
+        and drafts go :data:`CPU_DRAFTS_PER_BATCH` at a time: a final that arrives meanwhile
+        waits for one draft, not sixteen (demo model, 2 cores, 8 unhinted clients: final p95
+        2,738 -> 1,610 ms; ``scripts/bench_streams.py``)."""
+        return cls(drafts_with_finals=False, max_drafts=CPU_DRAFTS_PER_BATCH) if cpu else cls()
 
     def __len__(self) -> int:
         return self._final_count + len(self._drafts)
@@ -132,15 +154,16 @@ class Scheduler:
             return [job]
         if self._finals:
             heads = {session: queue[0] for session, queue in self._finals.items()}
+            ceiling = heads[self._order(heads)[0]].request.steps
         elif self._drafts:
-            heads = dict(self._drafts)
+            ceiling = self._drafts[self._draft_order()[0]].request.steps
         else:
             return []
-        ceiling = heads[self._order(heads)[0]].request.steps
         batch = self._take_finals(max_batch, ceiling)
         if batch and not self.drafts_with_finals:
             return batch
-        return batch + self._take_drafts(max_batch - len(batch), ceiling)
+        room = max_batch - len(batch)
+        return batch + self._take_drafts(room if self.max_drafts is None else min(room, self.max_drafts), ceiling)
 
     def retry(self, finals: Iterable[Job]) -> None:
         """Put finals of a failed batch back at the front, each to run alone next time."""
@@ -181,6 +204,11 @@ class Scheduler:
     def _order(self, heads: dict[Hashable, Job]) -> list[Hashable]:
         return sorted(heads, key=lambda s: (self._charged.get(s, 0), heads[s].id))
 
+    def _draft_order(self) -> list[Hashable]:
+        """Catch-up drafts first, then by charge; the sort is stable, so equal keys keep queue
+        order (a replaced draft went to the back)."""
+        return sorted(self._drafts, key=lambda s: (not self._drafts[s].catch_up, self._charged.get(s, 0)))
+
     def _take_finals(self, max_batch: int, ceiling: int) -> list[Job]:
         batch: list[Job] = []
         while len(batch) < max_batch:
@@ -199,8 +227,7 @@ class Scheduler:
 
     def _take_drafts(self, max_batch: int, ceiling: int) -> list[Job]:
         batch: list[Job] = []
-        # Stable sort: equal charges keep queue order (a replaced draft went to the back).
-        for session in sorted(self._drafts, key=lambda s: self._charged.get(s, 0)):
+        for session in self._draft_order():
             if len(batch) == max_batch:
                 break
             if self._drafts[session].request.steps <= ceiling:

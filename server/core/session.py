@@ -260,7 +260,8 @@ class Session:
                       for w in result.words)
         segment.final = Final(
             job.segment, result.text, offset, self._sec(segment.end or segment.start),
-            result.steps, self.stream.language, round((self._clock() - segment.closed_at) * 1000, 1), words,
+            result.steps, result.language or job.request.language, round((self._clock() - segment.closed_at) * 1000, 1),
+            words,
         )
         return self._release_finals()
 
@@ -318,7 +319,9 @@ class Session:
                 or self._segmenter.position - (segment.start + segment.length) < self._pause):
             return Output()
         segment.drafted_at = segment.length
-        return Output(jobs=[self._job(segment, JobKind.DRAFT, self.config.draft_steps)])
+        job = self._job(segment, JobKind.DRAFT, self.config.draft_steps)
+        job.catch_up = True
+        return Output(jobs=[job])
 
     def _on_events(self, events: list[SegmentEvent]) -> Output:
         out = Output()

@@ -151,7 +151,7 @@ def encode_prompts(model: AsrModel, prompt_ids: torch.Tensor, audio_embeds: torc
 
 
 def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequence[str | None] | None = None,
-                 phone_logits: torch.Tensor | None = None) -> torch.Tensor:
+                 phone_logits: torch.Tensor | None = None, detected: list[str | None] | None = None) -> torch.Tensor:
     """CTC reading of the audio embeddings, laid out as canvases (batch, canvas_length).
 
     The embeddings go through the tied lm_head. With a lexicon for a row's language
@@ -162,10 +162,15 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequenc
     empty; otherwise :func:`ctc_collapse` lays out the greedy argmax. A language whose
     lexicon is spelled in phonemes reads ``phone_logits`` (the projector's phoneme head,
     same rows) instead of the characters.
+
+    ``detected``, when given, is filled with each row's language: its hint, or for an
+    automatic row the language whose lexicon won (None where no lexicon read it).
     """
     bb = model.backbone
     logits = bb.lm_head(audio_embeds.to(bb.dtype))
     canvases = ctc_collapse(model, logits.argmax(-1))
+    if detected is not None:
+        detected[:] = list(languages) if languages is not None else [None] * len(canvases)
     if model.lexicon is not None and languages is not None:
         vocab = len(model.tokenizer)
         known = set(model.spec.languages) <= set(model.lexicon.languages)  # every language it knows has a lexicon
@@ -183,9 +188,12 @@ def ctc_canvases(model: AsrModel, audio_embeds: torch.Tensor, languages: Sequenc
             if phone_logits is not None and (language is None or phonemic):
                 phones = torch.log_softmax(phone_logits[row].float(), dim=-1).detach().cpu().numpy()
             if language is None:
-                ids = model.lexicon.decode_any(log_probs, model.decode(canvases[row].tolist()), phone_log_probs=phones)
+                found = model.lexicon.detect(log_probs, model.decode(canvases[row].tolist()), phone_log_probs=phones)
+                ids = found[1] if found else None
                 if not ids and known:  # no lexicon fits, or none finds a word in it: not speech it knows
                     canvases[row] = _layout(model, [], canvases.device)
+                elif ids and detected is not None:
+                    detected[row] = found[0]
             else:
                 ids = model.lexicon.decode(log_probs, language, phones)
             if ids:
@@ -327,6 +335,7 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
     canvases: list[list[int]] = [[] for _ in requests]
     steps_run = [0] * len(requests)
     words: list[tuple] = [() for _ in requests]
+    heard: list[str | None] = [r.language for r in requests]  # the hint, or the language the lexicon search chose
     features_ms = audio_ms = prompt_ms = denoise_ms = decode_ms = 0.0
     for samples, batch in by_length.items():
         t0 = _sync(device)
@@ -357,8 +366,11 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                 languages = [requests[members[k]].language for k in cold]
                 picked = [rows[k] for k in cold]
                 phones = phone_logits[picked] if phone_logits is not None else None
-                for k, canvas in zip(cold, ctc_canvases(model, embeds[picked], languages, phones)):
+                detected: list[str | None] = []
+                for k, canvas, language in zip(cold, ctc_canvases(model, embeds[picked], languages, phones, detected),
+                                               detected):
                     starts[k] = canvas
+                    heard[members[k]] = language
             tc = _sync(device)
             out, ran = denoise(model, cache, prompt_length, [requests[i].steps for i in members], generators, starts)
             td = _sync(device)
@@ -372,6 +384,7 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                                          None if phone_logits is None else phone_logits[k], requests[i].language)
                     if short and below_gate(spec.noise_gate, text, timed, seconds):
                         row, timed = [model.eos_token_id] * len(row), ()  # noise, not speech: empty
+                        heard[i] = requests[i].language
                     words[i] = timed if requests[i].word_timings else ()
                 canvases[i] = row
             prompt_ms += (tb - ta) * 1000
@@ -386,6 +399,6 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
         decode_ms=decode_ms,
     )
     return [
-        TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings, words=w)
-        for c, n, w in zip(canvases, steps_run, words)
+        TranscribeResult(text=model.decode(c), canvas=tuple(c), steps=n, timings=timings, words=w, language=language)
+        for c, n, w, language in zip(canvases, steps_run, words, heard)
     ]

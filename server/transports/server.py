@@ -106,8 +106,7 @@ class DgasrServer:
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        # on CPU threads a batch costs the sum of its rows: finals go without drafts riding along
-        self.scheduler = Scheduler(drafts_with_finals=engine.cpu_threads is None)
+        self.scheduler = Scheduler.for_device(cpu=engine.cpu_threads is not None)
         self.loop: EngineLoop | None = None
         self.registry = SessionRegistry()
         self.metrics = Metrics(device_memory=engine.device_memory_bytes)

@@ -17,7 +17,9 @@ session event                 Deepgram message
 ``SpeechStopped``             nothing
 ``Final``                     ``Results`` with ``is_final: true``; ``speech_final`` when the
                               VAD ended the segment, ``from_finalize`` when ``Finalize`` did;
-                              then ``UtteranceEnd`` when ``utterance_end_ms`` is set
+                              then ``UtteranceEnd`` when ``utterance_end_ms`` is set; with
+                              ``language=multi`` its alternative names the language heard
+                              (``languages``, as Deepgram's multilingual results do)
 ``Problem``                   ``Error`` (``variant`` = the problem code)
 ``Ended``                     ``Metadata``, then the socket closes with 1000
 ============================  ==================================================
@@ -134,7 +136,15 @@ class _Message:
     type: ClassVar[str]
 
     def to_json(self) -> str:
-        return json.dumps({"type": self.type, **dataclasses.asdict(self)}, ensure_ascii=False)
+        return json.dumps({"type": self.type, **dataclasses.asdict(self, dict_factory=_present)}, ensure_ascii=False)
+
+
+def _present(fields: list[tuple[str, object]]) -> dict:
+    """asdict's dict, less the optional fields Deepgram leaves out when they do not apply."""
+    return {k: v for k, v in fields if not (k in _OPTIONAL and v is None)}
+
+
+_OPTIONAL = frozenset({"languages"})
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class Alternative:
     transcript: str
     confidence: float
     words: list[Word] = field(default_factory=list)
+    languages: list[str] | None = None  # language=multi only: the language heard (left out otherwise, as Deepgram does)
 
 
 @dataclass(frozen=True)
@@ -265,11 +276,12 @@ class DeepgramCodec:
                 if self._finalizing:
                     self._from_finalize.add(segment)
                 return []
-            case ev.Final(segment, text, start, end, _, _, _, words):
+            case ev.Final(segment, text, start, end, _, language, _, words):
                 forced = segment in self._from_finalize
                 self._from_finalize.discard(segment)
+                heard = [language] if self.params.language is None and language and text else None
                 frames: list[str | bytes] = [self._results(text, start, end, final=True, forced=forced,
-                                                           words=words).to_json()]
+                                                           words=words, languages=heard).to_json()]
                 if self.params.utterance_end_ms is not None and text:
                     frames.append(UtteranceEnd(_CHANNELS, end).to_json())
                 return frames
@@ -280,10 +292,10 @@ class DeepgramCodec:
         raise TypeError(f"not a session event: {event!r}")
 
     def _results(self, text: str, start: float, end: float, final: bool, forced: bool = False,
-                 words: tuple = ()) -> Results:
+                 words: tuple = (), languages: list[str] | None = None) -> Results:
         # Interims carry no words; a final's confidence is the mean of its words' (1.0 without words).
         timed = [Word(w.word, w.start, w.end, w.confidence, w.word) for w in words]
         confidence = round(sum(w.confidence for w in timed) / len(timed), 3) if timed else (1.0 if text else 0.0)
-        alternative = Alternative(text, confidence, timed)
+        alternative = Alternative(text, confidence, timed, languages)
         return Results(_CHANNELS, start, round(max(end - start, 0.0), 3), final, final and not forced, forced,
                        Channel([alternative]), self._metadata)
