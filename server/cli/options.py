@@ -23,7 +23,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("final_steps", int, "denoising steps for finals (default: the model's)"),
     ("max_steps", int, "upper limit for steps a client may ask for"),
     ("partial_interval_ms", int, "new speech between two partials"),
-    ("pause_draft_ms", int, "a pause this long after undrafted speech sends a partial of it all (0, the default: off)"),
+    ("pause_draft_ms", int, "a pause this long after undrafted speech sends a partial of it all (0: off)"),
     ("vad_aggressiveness", int, "webrtcvad aggressiveness 0-3"),
     ("silence_ms", int, "silence that ends a segment"),
     ("max_sessions", int, "concurrent sessions; more get HTTP 503"),
