@@ -99,12 +99,12 @@ def test_without_a_hint_the_lexicon_that_fits_the_audio_wins_and_an_uncovered_sc
     blank = tokenizer.pad_token_id
     decoding = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
     assert decoding.languages == ["de", "en"]
-    german = decoding.decode_any(_emissions(tokenizer, "halo welt", blank), "halo welt")
-    english = decoding.decode_any(_emissions(tokenizer, "helo wrld", blank), "helo wrld")
-    assert tokenizer.decode(german) == "hallo welt"
-    assert tokenizer.decode(english) == "hello world"
-    assert decoding.decode_any(_emissions(tokenizer, "你好", blank), "你好") is None
-    assert decoding.decode_any(_emissions(tokenizer, " ", blank), "") is None
+    german = decoding.detect(_emissions(tokenizer, "halo welt", blank), "halo welt")
+    english = decoding.detect(_emissions(tokenizer, "helo wrld", blank), "helo wrld")
+    assert german[0] == "de" and tokenizer.decode(german[1]) == "hallo welt"
+    assert english[0] == "en" and tokenizer.decode(english[1]) == "hello world"
+    assert decoding.detect(_emissions(tokenizer, "你好", blank), "你好") is None
+    assert decoding.detect(_emissions(tokenizer, " ", blank), "") is None
 
 
 def test_a_language_without_spaces_decodes_into_its_words_joined_without_one(tmp_path):
@@ -124,7 +124,8 @@ def test_a_language_without_spaces_decodes_into_its_words_joined_without_one(tmp
     greedy = "".join(tokenizer.convert_ids_to_tokens([int(i) for i in emissions.argmax(-1) if i != blank]))
     assert greedy == "你好市界"
     assert tokenizer.decode(decoding.decode(emissions, "zh")) == "你好世界"
-    assert tokenizer.decode(decoding.decode_any(emissions, greedy)) == "你好世界"
+    assert decoding.detect(emissions, greedy)[0] == "zh"
+    assert tokenizer.decode(decoding.detect(emissions, greedy)[1]) == "你好世界"
     assert tokenizer.decode(decoding.decode(_emissions(tokenizer, "是你好", blank), "zh")) == "是你好"
 
 

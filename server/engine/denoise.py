@@ -367,8 +367,8 @@ def run_batch(model: AsrModel, requests: Sequence[TranscribeRequest]) -> list[Tr
                 picked = [rows[k] for k in cold]
                 phones = phone_logits[picked] if phone_logits is not None else None
                 detected: list[str | None] = []
-                for k, canvas, language in zip(cold, ctc_canvases(model, embeds[picked], languages, phones, detected),
-                                               detected):
+                cold_starts = ctc_canvases(model, embeds[picked], languages, phones, detected)
+                for k, canvas, language in zip(cold, cold_starts, detected):
                     starts[k] = canvas
                     heard[members[k]] = language
             tc = _sync(device)

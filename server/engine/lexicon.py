@@ -17,12 +17,12 @@ reading. A language written without spaces (Mandarin, :data:`UNSPACED`) has its 
 spelled with no closing space and joined with none: the search then also chooses where
 words end, and the word probabilities pick among characters that sound alike (a greedy
 Hanzi reading of syllables is mostly homophone errors). Without a hint (automatic language)
-:meth:`LexiconDecoding.decode_any` lets the audio choose: the lexicons whose alphabet
+:meth:`LexiconDecoding.detect` lets the audio choose: the lexicons whose alphabet
 covers most of the greedy reading's letters (so Hindi audio is not forced into Latin
 words, nor Hanzi into either) each decode with a narrow beam, the best total score wins
 (the unigram tables are log probabilities of one size per language, so the scores
-compare), and only the winner is searched with the full beam; :meth:`~LexiconDecoding.detect`
-also says which language that was.
+compare), and only the winner is searched with the full beam; the result names that
+language.
 
 A model with a phoneme head (``ProjectorConfig.phones``) carries ``lexicon/phones.json``
 (its inventory, blank first, then the word mark :data:`WORD_MARK`), and a language whose
@@ -36,7 +36,7 @@ Words still come out spelled, in the tokenizer's characters; words said alike ("
 
 Each language's ``lm_weight`` and ``word_score`` may be tuned (``scripts/tune_lexicon.py``)
 and saved in ``lexicon/weights.json``; a language it does not name keeps the defaults. The
-search uses the language's own weights; the score :meth:`~LexiconDecoding.decode_any`
+search uses the language's own weights; the score :meth:`~LexiconDecoding.detect`
 compares re-weighs every language's result with the defaults, so that tuning one
 language does not make it win more often. Decoders are built per language on first use
 (a 50,000-word trie: ~0.4 s), or all at once by :meth:`LexiconDecoding.prepare`, which the
@@ -79,7 +79,7 @@ class LexiconWeights:
     word_score: float = 1.0
 
 
-DEFAULT_WEIGHTS = LexiconWeights()  # a language weights.json does not name; the weighting decode_any compares with
+DEFAULT_WEIGHTS = LexiconWeights()  # a language weights.json does not name; the weighting detect compares with
 
 def read_lines(path: Path) -> list[str]:
     """The lines of a lexicon file: plain ``.tsv``, ``.tsv.gz`` or ``.tsv.xz``."""
@@ -118,7 +118,7 @@ class LexiconDecoding:
         self.blank = blank
         self.files = files
         # beam_tokens: how many of each frame's most likely tokens a hypothesis may extend by;
-        # pick_beam: the narrow beam decode_any compares the candidate languages with (0: the full beam)
+        # pick_beam: the narrow beam detect compares the candidate languages with (0: the full beam)
         self.beam, self.beam_tokens, self.pick_beam = beam, beam_tokens, pick_beam
         self.weights = dict(weights or {})
         names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -285,16 +285,10 @@ class LexiconDecoding:
             raise ValueError(f"the {language} lexicon is spelled in phonemes: pass the phoneme head's log-probabilities")
         return phone_log_probs
 
-    def decode_any(self, log_probs: np.ndarray, greedy_text: str, min_cover: float = 0.6,
-                   phone_log_probs: np.ndarray | None = None) -> list[int] | None:
-        """The best of every lexicon whose alphabet covers ``min_cover`` of the greedy reading's
-        letters; None (keep the greedy reading) when none does."""
-        found = self.detect(log_probs, greedy_text, min_cover, phone_log_probs)
-        return None if found is None else found[1]
-
     def detect(self, log_probs: np.ndarray, greedy_text: str, min_cover: float = 0.6,
                phone_log_probs: np.ndarray | None = None) -> tuple[str, list[int]] | None:
-        """:meth:`decode_any`, with the language whose lexicon won: ``(language, token ids)``.
+        """The best of every lexicon whose alphabet covers ``min_cover`` of the greedy reading's
+        letters, as ``(its language, token ids)``; None (keep the greedy reading) when none does.
 
         The candidates are compared by a search with the narrow ``pick_beam`` and only the
         winner is searched with the full beam. Four Latin-script lexicons searched in full
@@ -328,7 +322,7 @@ class LexiconDecoding:
         best = decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[0]
         found = [words[w] for w in best.words if 0 <= w < len(words) - 1]
         separator = "" if language in UNSPACED else " "
-        # the score decode_any compares: one weighting for every language, whatever each searched with
+        # the score detect compares: one weighting for every language, whatever each searched with
         score = (best.emittingModelScore + DEFAULT_WEIGHTS.lm_weight * best.lmScore
                  + DEFAULT_WEIGHTS.word_score * len(found))
         return score, self.tokenizer.encode(separator.join(found), add_special_tokens=False)
