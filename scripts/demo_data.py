@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import espeak_voices
 import numpy as np
 import soundfile as sf
 import soxr
 
 __all__ = ["LANGS", "SAMPLE_RATE", "MAX_SECONDS", "TEMPLATES", "Split", "TRAIN", "TRAIN_WIDE", "TRAIN_FREQUENT",
-           "HELDOUT", "Utterance", "word_list", "sample_text", "sample_utterance", "heldout", "normalize", "shaped_noise"]
+           "TRAIN_VOICES", "HELDOUT", "Utterance", "word_list", "sample_text", "sample_utterance", "heldout", "normalize", "shaped_noise"]
 
 LANGS = ("en", "de", "fr", "es", "hi", "zh")
 SAMPLE_RATE = 16000
@@ -100,6 +101,7 @@ class Split:
     min_snr: float
     words: int = TOP_WORDS  # training vocabulary: this many of the language's most frequent words
     frequent: float = 0.0  # share of word sequences drawn by frequency rank (:func:`_zipf`), not uniformly
+    random_voices: float = 0.0  # share of espeak draws with random settings instead of a named variant
 
 
 TRAIN = Split("train", _TRAIN_VARIANTS, ((115, 155), (170, 240)), True, 0.0)
@@ -113,6 +115,10 @@ TRAIN_WIDE = Split("train-wide", _TRAIN_VARIANTS, ((115, 155), (170, 240)), True
 # drops them from human speech ("ten of clubs" -> "tent clubs"). Drawn by rank (Zipf), the
 # 100 most frequent make ~30% of those sequences' words and the rest still spread wide.
 TRAIN_FREQUENT = Split("train-frequent", _TRAIN_VARIANTS, ((115, 155), (170, 240)), True, 0.0, WIDE_WORDS, 0.6)
+# Why random voices: the named variants are a few points of espeak's settings, heard
+# thousands of times each; random settings give each utterance a speaker of its own
+# (:mod:`espeak_voices`).
+TRAIN_VOICES = Split("train-voices", _TRAIN_VARIANTS, ((115, 155), (170, 240)), True, 0.0, WIDE_WORDS, 0.6, 0.6)
 HELDOUT = Split("heldout", _HELDOUT_VARIANTS, ((155, 170),), False, 10.0)
 HELDOUT_SEED = 1_000_000
 
@@ -227,8 +233,14 @@ def _piper():
 def synthesize(engine: str, voice: str, text: str, speed: int, pitch: int, gap: int) -> np.ndarray:
     """One synthesizer call -> float32 mono at 16 kHz."""
     if engine == "espeak":
-        args = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text]
-        return _wav(subprocess.run(args, capture_output=True, check=True).stdout)
+        random = voice.partition("+")[2] if "+" + espeak_voices.PREFIX in voice else None
+        private = ["--path", espeak_voices.data_path()] if random else []
+        args = ["espeak-ng", *private, "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text]
+        try:
+            return _wav(subprocess.run(args, capture_output=True, check=True).stdout)
+        finally:
+            if random:
+                espeak_voices.forget(random)
     if engine == "flite":
         out = subprocess.run(["flite", "-voice", voice, "-t", text, "-o", "/dev/stdout"], capture_output=True,
                              check=True).stdout
@@ -321,6 +333,8 @@ def _voice(rng: np.random.Generator, language: str, split: Split) -> tuple[str, 
                     return engine, voice
     base = _ESPEAK[language][rng.integers(len(_ESPEAK[language]))]
     variant = split.variants[rng.integers(len(split.variants))]
+    if split.random_voices and rng.random() < split.random_voices:
+        variant = espeak_voices.write_variant(espeak_voices.random_variant(rng))
     return "espeak", f"{base}+{variant}" if variant else base
 
 

@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--frequent", action="store_true",
                         help="with --make-shards: --wide, with most word sequences drawn by frequency rank "
                              "(function words as often as in speech)")
+    parser.add_argument("--voices", action="store_true",
+                        help="with --make-shards: --frequent, with most espeak utterances in a random voice of their own")
     parser.add_argument("--export", metavar="MODEL_DIR", help="only re-save MODEL_DIR in fp16 to --out, then exit")
     parser.add_argument("--draft-steps", type=int, default=1, help="with --export: the spec's draft steps")
     parser.add_argument("--final-steps", type=int, default=2, help="with --export: the spec's final steps")
@@ -199,7 +201,7 @@ def main() -> None:
         return
     if args.make_shards:
         make_shards(args.data, *args.make_shards, whisper_dir=args.whisper, seed=args.seed,
-                    split=demo_data.TRAIN_FREQUENT if args.frequent else demo_data.TRAIN_WIDE if args.wide
+                    split=demo_data.TRAIN_VOICES if args.voices else demo_data.TRAIN_FREQUENT if args.frequent else demo_data.TRAIN_WIDE if args.wide
                     else demo_data.TRAIN)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

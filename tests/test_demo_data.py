@@ -51,3 +51,41 @@ def test_the_same_seed_draws_the_same_text_and_other_seeds_differ():
     first = [demo_data.sample_text(seed, "fr", FREQUENT) for seed in range(20)]
     assert first == [demo_data.sample_text(seed, "fr", FREQUENT) for seed in range(20)]
     assert len(set(first)) == len(first)
+
+
+def test_random_voices_are_new_speakers_that_never_use_a_heldout_setting():
+    """Each draw is a different set of synthesizer settings, the same for the same seed; no
+    draw uses the held-out Klatt mode 3; espeak-ng speaks with them, and differently from the
+    plain voice and from each other."""
+    import espeak_voices
+    import numpy as np
+
+    texts = [espeak_voices.random_variant(np.random.default_rng(seed)) for seed in range(200)]
+    assert texts[:5] == [espeak_voices.random_variant(np.random.default_rng(seed)) for seed in range(5)]
+    assert len(set(texts)) == 200
+    assert not any("klatt 3" in t for t in texts)
+    assert sum("klatt" in t for t in texts) > 10  # the other Klatt modes are drawn
+    low_pitches = [int(t.split("\npitch ")[1].split()[0]) for t in texts]
+    assert min(low_pitches) < 90 and max(low_pitches) > 190  # low and high voices alike
+    said = [demo_data.synthesize("espeak", f"en-us+{espeak_voices.write_variant(t)}", "seven of hearts", 160, 50, 0)
+            for t in texts[:2]]
+    # each is removed once spoken: espeak-ng finds no voice at all in a folder of 350 files
+    variants = Path(espeak_voices.data_path()) / "espeak-ng-data" / "voices" / "!v"
+    assert not [p for p in variants.iterdir() if p.name.startswith(espeak_voices.PREFIX)]
+    plain = demo_data.synthesize("espeak", "en-us", "seven of hearts", 160, 50, 0)
+    for audio in said:
+        assert 0.5 * 16000 < len(audio) < 3 * 16000 and np.abs(audio).max() > 0.05
+    assert not any(len(a) == len(plain) and np.allclose(a, plain) for a in said)
+    assert not (len(said[0]) == len(said[1]) and np.allclose(*said))
+
+
+def test_voices_split_draws_random_voices_for_most_espeak_utterances_and_keeps_others_apart():
+    """TRAIN_VOICES: about 60% of espeak draws are random voices; the other splits never draw one."""
+    import numpy as np
+
+    def voices(split, n=300):
+        return [demo_data._voice(np.random.default_rng([seed, 0]), "de", split)[1] for seed in range(n)]
+
+    share = sum("+rnd-" in v for v in voices(demo_data.TRAIN_VOICES)) / 300
+    assert 0.5 < share < 0.7, share
+    assert not any("+rnd-" in v for v in voices(demo_data.TRAIN_FREQUENT) + voices(demo_data.HELDOUT))
