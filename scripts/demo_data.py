@@ -233,14 +233,14 @@ def _piper():
 def synthesize(engine: str, voice: str, text: str, speed: int, pitch: int, gap: int) -> np.ndarray:
     """One synthesizer call -> float32 mono at 16 kHz."""
     if engine == "espeak":
-        random = voice.partition("+")[2] if "+" + espeak_voices.PREFIX in voice else None
-        private = ["--path", espeak_voices.data_path()] if random else []
+        variant = voice.partition("+")[2] if "+" + espeak_voices.PREFIX in voice else None
+        private = ["--path", espeak_voices.data_path()] if variant else []
         args = ["espeak-ng", *private, "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text]
         try:
             return _wav(subprocess.run(args, capture_output=True, check=True).stdout)
         finally:
-            if random:
-                espeak_voices.forget(random)
+            if variant:
+                espeak_voices.forget(variant)
     if engine == "flite":
         out = subprocess.run(["flite", "-voice", voice, "-t", text, "-o", "/dev/stdout"], capture_output=True,
                              check=True).stdout
@@ -338,11 +338,13 @@ def _voice(rng: np.random.Generator, language: str, split: Split) -> tuple[str, 
     return "espeak", f"{base}+{variant}" if variant else base
 
 
-def sample_utterance(seed: int, language: str, split: Split = TRAIN) -> Utterance:
-    """One utterance of ``language`` drawn entirely from ``seed`` (redrawn until it fits)."""
+def sample_utterance(seed: int, language: str, split: Split = TRAIN, text: str | None = None) -> Utterance:
+    """One utterance of ``language`` drawn entirely from ``seed`` (redrawn until it fits);
+    ``text``: say this instead of drawing words."""
     rng = np.random.default_rng([seed, LANGS.index(language)])
+    said = text
     for _ in range(20):
-        text = _text(rng, language, split)
+        text = said if said is not None else _text(rng, language, split)
         engine, voice = _voice(rng, language, split)
         low, high = split.speeds[rng.integers(len(split.speeds))]
         speed, pitch, gap = int(rng.integers(low, high)), int(rng.integers(20, 81)), int(rng.integers(0, 6))
@@ -360,12 +362,30 @@ def heldout(per_language: int, seed: int = HELDOUT_SEED) -> list[Utterance]:
     return [sample_utterance(seed + i, lang, HELDOUT) for lang in LANGS for i in range(per_language)]
 
 
+def heldout_sentences(language: str, count: int, seed: int = HELDOUT_SEED, development: bool = False) -> list[str]:
+    """``count`` sentences of 3-14 words, without digits, from the fortunes ``make_context.py``
+    holds out for ``language`` (none of them counted in its word pairs), in a seeded order;
+    ``development``: from the other half of those, kept for tuning."""
+    import make_context
+
+    found = sorted({" ".join(ws) for entry in make_context.fortunes(make_context.fortune_files(language))
+                    if make_context.held_out(entry) and make_context.development(entry) == development
+                    for ws in make_context.sentences(entry)
+                    if 3 <= len(ws) <= MAX_WORDS and all(_in_script(language, w) for w in ws)})
+    order = np.random.default_rng([seed, LANGS.index(language)]).permutation(len(found))
+    return [found[i] for i in order[:count]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo/heldout"))
     parser.add_argument("--per-language", type=int, default=40)
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--write-words", action="store_true", help=f"only (re)write {WORDS_FILE.name} from wordfreq")
+    parser.add_argument("--sentences", metavar="LANGS",
+                        help="say held-out sentences of running text (the fortunes make_context.py leaves out) "
+                             "instead of drawn words, in these languages (en,de,es)")
+    parser.add_argument("--development", action="store_true", help="with --sentences: the sentences kept for tuning")
     args = parser.parse_args()
     if args.write_words:
         lists = {lang: _wordfreq_list(lang) for lang in LANGS}
@@ -373,15 +393,17 @@ def main() -> None:
         print(f"wrote {WORDS_FILE}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    languages = args.sentences.split(",") if args.sentences else LANGS
     with open(args.out / "transcripts.jsonl", "w") as index:
-        for lang in LANGS:
-            for i in range(args.per_language):
-                utt = sample_utterance(args.seed + i, lang, HELDOUT)
+        for lang in languages:
+            texts = heldout_sentences(lang, args.per_language, args.seed, args.development) if args.sentences else [None] * args.per_language
+            for i, text in enumerate(texts):
+                utt = sample_utterance(args.seed + i, lang, HELDOUT, text)
                 name = f"{lang}_{i:03d}.wav"
                 sf.write(args.out / name, utt.audio, SAMPLE_RATE, subtype="PCM_16")
                 row = {"audio": name, "language": lang, "text": utt.text, "voice": utt.voice}
                 index.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {args.per_language * len(LANGS)} utterances to {args.out}")
+    print(f"wrote {args.per_language * len(languages)} utterances to {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs and runs it:
-#   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, PortAudio,
+#   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, the fortunes
+#   whose held-out sentences test the demo's word pairs, PortAudio,
 #   chromium + fonts for the caption page's browser tests, postgresql and haproxy for the
 #   scale-out test, which starts its own loopback instances),
 #   a virtual environment in .venv with dgasr and its test extra, OpenAI's whisper-base as the
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(espeak-ng sox pocketsphinx-testdata libportaudio2 chromium fonts-noto-core postgresql haproxy)
+packages=(espeak-ng sox pocketsphinx-testdata fortunes fortunes-de fortunes-es libportaudio2 chromium fonts-noto-core postgresql haproxy)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -37,6 +37,7 @@ import demo_phones as dp  # noqa: E402
 from demo_shards import FramePool  # noqa: E402
 from train_state import TrainState  # noqa: E402
 from server.engine.frames import native_bf16  # noqa: E402
+from server.engine.wordlm import CONTEXT_SUFFIX  # noqa: E402
 
 
 def phone_ids(index: dict[str, int], phones: tuple[str, ...]) -> list[int]:
@@ -128,7 +129,8 @@ def evaluate(args, model, phones: list[str]) -> None:
     from server.engine.frames import read_audio
     from server.engine.lexicon import LexiconDecoding, LexiconWeights
 
-    files = {path.name.split(".")[0]: path for path in sorted((args.lexicons / "lexicon").glob("*.tsv*"))}
+    files = {path.name.split(".")[0]: path for path in sorted((args.lexicons / "lexicon").glob("*.tsv*"))
+             if not path.name.endswith(CONTEXT_SUFFIX)}
     lexicon = LexiconDecoding(model.tokenizer, model.backbone.config.text_config.pad_token_id, files, phones=phones,
                               weights={lang: LexiconWeights(*w) for lang, w in _weights(args.weights)})
     rows = [r for r in load_heldout(args.eval) if int(r["audio"].split("_")[1][:3]) < args.per_language]
@@ -175,6 +177,9 @@ def export(args, phones: list[str]) -> None:
     (out / LEXICON_DIR).mkdir(exist_ok=True)
     shutil.copy(Path(args.model) / LEXICON_DIR / WEIGHTS_FILE, out / LEXICON_DIR / WEIGHTS_FILE)
     for path in sorted((Path(args.model) / LEXICON_DIR).glob("*.tsv*")):
+        if path.name.endswith(CONTEXT_SUFFIX):  # word pairs: spelled, not said, so they come as they are
+            shutil.copy(path, out / LEXICON_DIR / path.name)
+            continue
         language = path.name.split(".")[0]
         source = next((args.lexicons / "lexicon").glob(f"{language}.tsv*")) if language in said else path
         lines = [line + "\n" for line in read_lines(source) if set(line.split("\t")[0]) <= alphabet]

@@ -19,6 +19,7 @@ the same held-out voices and speeds), so the table ``eval_wer.py`` prints stays 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -57,7 +58,9 @@ def main() -> None:
                                   [float(x) for x in args.word_scores.split(",")]))
     results: dict[tuple[float, float], dict[str, float]] = {}
     for lm_weight, word_score in grid:
-        model.lexicon.set_weights({lang: LexiconWeights(lm_weight, word_score) for lang in languages})
+        # each language keeps its saved context (how much its word pairs count): only these two are tuned
+        model.lexicon.set_weights({lang: dataclasses.replace(saved.get(lang, LexiconWeights()), lm_weight=lm_weight,
+                                                             word_score=word_score) for lang in languages})
         hyps, _ = offline(model, rows, model.spec.final_steps)
         results[lm_weight, word_score] = {
             lang: error_rate(lang, [r["text"] for r in rows if r["language"] == lang],
@@ -68,7 +71,7 @@ def main() -> None:
     best = {}
     for lang in languages:
         setting = min(grid, key=lambda s: results[s][lang])
-        best[lang] = LexiconWeights(*setting)
+        best[lang] = dataclasses.replace(saved.get(lang, LexiconWeights()), lm_weight=setting[0], word_score=setting[1])
         print(f"best {lang}: lm_weight {setting[0]:g} word_score {setting[1]:g}: {100 * results[setting][lang]:.1f}%")
     if args.write:
         kept = {lang: w for lang, w in saved.items() if lang not in best}

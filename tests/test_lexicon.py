@@ -154,12 +154,12 @@ PHONES = ["<blank>", "|", "ð", "ə", "n", "aɪ", "t", "s", "k"]
 SAID = {"the": ("ð ə", -1.0), "night": ("n aɪ t", -3.0), "knight": ("n aɪ t", -6.0), "nice": ("n aɪ s", -5.0)}
 
 
-def _phone_emissions(said: str) -> np.ndarray:
+def phone_emissions(said: str, phones: list[str] = PHONES) -> np.ndarray:
     """Phoneme log-probabilities: each phoneme of ``said`` (``|`` between words) likely in its own frame, then a blank."""
     frames = []
     for phone in said.split():
-        for target in (PHONES.index(phone), 0):
-            row = np.full(len(PHONES), math.log(0.02 / len(PHONES)), dtype=np.float32)
+        for target in (phones.index(phone), 0):
+            row = np.full(len(phones), math.log(0.02 / len(phones)), dtype=np.float32)
             row[target] = math.log(0.9)
             frames.append(row)
     return np.stack(frames)
@@ -184,10 +184,10 @@ def test_a_phoneme_reading_comes_out_as_the_words_spelled_that_are_said_that_way
     decoding = LexiconDecoding.from_dir(folder, tokenizer, blank, beam_tokens=len(tokenizer))
     assert decoding.phones == PHONES and decoding.reads_phones("en") and not decoding.reads_phones("de")
     by_ear = _emissions(tokenizer, "ze nite", blank)
-    assert tokenizer.decode(decoding.decode(by_ear, "en", _phone_emissions("ð ə | n aɪ t"))) == "the night"
-    assert tokenizer.decode(decoding.decode(by_ear, "en", _phone_emissions("n aɪ s | ð ə"))) == "nice the"
+    assert tokenizer.decode(decoding.decode(by_ear, "en", phone_emissions("ð ə | n aɪ t"))) == "the night"
+    assert tokenizer.decode(decoding.decode(by_ear, "en", phone_emissions("n aɪ s | ð ə"))) == "nice the"
     assert tokenizer.decode(decoding.decode(_emissions(tokenizer, "halo welt", blank), "de",
-                                            _phone_emissions("n aɪ s"))) == "hallo welt"
+                                            phone_emissions("n aɪ s"))) == "hallo welt"
     with pytest.raises(ValueError, match="spelled in phonemes"):
         decoding.decode(by_ear, "en")
     with pytest.raises(ValueError, match="blank then"):
@@ -205,11 +205,11 @@ def test_words_the_lexicon_says_are_timed_and_scored_in_the_phonemes_they_were_h
     said = decoding.pronounce(["the", "night"], "en")
     assert said == [[2, 3], [4, 5, 6]] and decoding.pronounce(["the", "night"], None) == said
     assert decoding.pronounce(["the", "day"], "en") is None and decoding.pronounce(["the"], "de") is None
-    heard = _phone_emissions("ð ə | n aɪ t")  # 12 frames of 0.1 s: a phoneme, a blank, ...
+    heard = phone_emissions("ð ə | n aɪ t")  # 12 frames of 0.1 s: a phoneme, a blank, ...
     timed = phone_timings(heard, ["the", "night"], said, 0.1, 1.2)
     assert [(w.word, w.start, w.end) for w in timed] == [("the", 0.0, 0.4), ("night", 0.6, 1.1)]
     assert all(w.confidence > 0.85 for w in timed)
-    misheard = phone_timings(_phone_emissions("ð ə | k aɪ s"), ["the", "night"], said, 0.1, 1.2)
+    misheard = phone_timings(phone_emissions("ð ə | k aɪ s"), ["the", "night"], said, 0.1, 1.2)
     assert misheard[0].confidence > 0.85 and misheard[1].confidence < 0.5
 
 

@@ -46,7 +46,7 @@ def test_tuning_prints_one_row_per_setting_and_writes_the_best_per_language(tmp_
         ["lm_weight", a, "word_score", b] for a, b in (("0.50", "0.00"), ("0.50", "3.00"), ("2.00", "0.00"),
                                                          ("2.00", "3.00"))]
     written = json.loads((folder / LEXICON_DIR / WEIGHTS_FILE).read_text())
-    assert list(written) == ["de", "en"] and written["de"] == {"lm_weight": 1.2, "word_score": -1.0}
+    assert list(written) == ["de", "en"] and written["de"] == {"lm_weight": 1.2, "word_score": -1.0, "context": 1.0}
     assert (written["en"]["lm_weight"], written["en"]["word_score"]) in {(0.5, 0.0), (0.5, 3.0), (2.0, 0.0), (2.0, 3.0)}
     assert f"best en: lm_weight {written['en']['lm_weight']:g} word_score {written['en']['word_score']:g}" in out
     assert load_model(str(folder), "cpu").lexicon.weights == {"en": LexiconWeights(**written["en"]),

@@ -32,10 +32,15 @@ phoneme CTC, what the audio says, not how the model guesses it is written; a lan
 without that column keeps the character search. English and French are spelled far from how they
 sound, so a character search had to find "knight" through posteriors that said "nite".
 Words still come out spelled, in the tokenizer's characters; words said alike ("their",
-"there") are told apart by their frequency alone.
+"there") are told apart by their frequency alone, unless the language has word pairs.
 
-Each language's ``lm_weight`` and ``word_score`` may be tuned (``scripts/tune_lexicon.py``)
-and saved in ``lexicon/weights.json``; a language it does not name keeps the defaults. The
+A lexicon may have word pairs beside it (``<language>.context.tsv.xz``, counted on running
+text by ``scripts/make_context.py``): its full search then scores each word given the one
+before (:mod:`server.engine.wordlm`), so that words said alike are told apart by their
+context too, not by frequency alone.
+
+Each language's ``lm_weight`` and ``word_score`` (and ``context``, how much the pairs
+count) may be tuned (``scripts/tune_lexicon.py``) and saved in ``lexicon/weights.json``; a language it does not name keeps the defaults. The
 search uses the language's own weights; the score :meth:`~LexiconDecoding.detect`
 compares re-weighs every language's result with the defaults, so that tuning one
 language does not make it win more often. Decoders are built per language on first use
@@ -54,6 +59,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from server.engine.wordlm import CONTEXT_SUFFIX, context_file, read_pairs, word_lm
 
 __all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "WORD_MARK_ID",
            "LexiconDecoding", "LexiconWeights", "read_lines", "read_weights"]
@@ -77,6 +84,7 @@ class LexiconWeights:
 
     lm_weight: float = 0.5
     word_score: float = 1.0
+    context: float = 1.0  # where the lexicon has word pairs: 0 scores words by the unigram, 1 by the pairs
 
 
 DEFAULT_WEIGHTS = LexiconWeights()  # a language weights.json does not name; the weighting detect compares with
@@ -138,7 +146,7 @@ class LexiconDecoding:
     def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
         files: dict[str, Path] = {}
         for path in sorted(Path(folder).glob("*.tsv*")):
-            if path.name.endswith(_SUFFIXES):
+            if path.name.endswith(_SUFFIXES) and not path.name.endswith(CONTEXT_SUFFIX):
                 language = path.name.split(".")[0]
                 if language in files:
                     raise ValueError(f"{folder}: two lexicons for {language}: {files[language].name} and {path.name}")
@@ -171,33 +179,7 @@ class LexiconDecoding:
 
     def _decoder(self, language: str) -> _Search:
         if language not in self._decoders:
-            from flashlight.lib.text.decoder import (
-                LM,
-                CriterionType,
-                LexiconDecoder,
-                LexiconDecoderOptions,
-                LMState,
-                SmearingMode,
-                Trie,
-            )
-
-            class Unigram(LM):
-                def __init__(self, scores: list[float]) -> None:
-                    LM.__init__(self)
-                    self.scores = scores
-
-                def start(self, start_with_nothing: bool):
-                    return LMState()
-
-                def score(self, state, index: int):
-                    # A unigram has no history: every hypothesis keeps the one start
-                    # state, so the search merges those that differ only in past words
-                    # (a child state per word kept near-duplicates apart and crowded the
-                    # beam; measured 45.1 -> 42.0% en WER, 33.5 -> 31.6% zh CER).
-                    return state, self.scores[index]
-
-                def finish(self, state):
-                    return state, 0.0
+            from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
 
             words, scores, spellings, phonemic = self._read(language)
             # (units, the unit that ends a word, blank) of the search: phonemes, or the tokenizer's characters
@@ -212,17 +194,24 @@ class LexiconDecoding:
                 self._said[language] = dict(zip(words, spellings))
             words.append("<unk>")
             scores.append(UNKNOWN_LOG_PROB)
-            lm = Unigram(scores)  # the decoder keeps a C++ pointer: this object must stay alive
             weights = self.weights.get(language, DEFAULT_WEIGHTS)
+            # the decoders keep C++ pointers to the LMs and the trie: _Search.keep holds them alive.
+            # The narrow beam that compares languages scores with the unigram alone, as every
+            # language has one; the full search with the word pairs where the lexicon has them.
+            unigram = word_lm(scores)
+            pairs = context_file(self.files[language])
+            lm = (word_lm(scores, read_pairs(read_lines(pairs), {w: i for i, w in enumerate(words[:-1])}), weights.context)
+                  if pairs.is_file() else unigram)
 
-            def search(beam: int):
+            def search(beam: int, lm):
                 options = LexiconDecoderOptions(beam, self.beam_tokens, 25.0, weights.lm_weight, weights.word_score,
                                                 -math.inf, 0.0, False, CriterionType.CTC)
                 return LexiconDecoder(options, trie, lm, boundary, blank, len(words) - 1, [], False)
 
-            decoder = search(self.beam)
-            picker = search(self.pick_beam) if 0 < self.pick_beam < self.beam else decoder
-            self._decoders[language] = _Search(decoder, picker, words, boundary, phonemic, (lm, trie))
+            decoder = search(self.beam, lm)
+            narrow = self.pick_beam if 0 < self.pick_beam < self.beam else self.beam
+            picker = search(narrow, unigram) if narrow != self.beam or lm is not unigram else decoder
+            self._decoders[language] = _Search(decoder, picker, words, boundary, phonemic, (lm, unigram, trie))
             self._alphabets[language] = frozenset(c for w in words[:-1] for c in w)
             log.info("lexicon for %s: %d words", language, len(words) - 1)
         return self._decoders[language]
