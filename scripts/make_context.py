@@ -34,14 +34,14 @@ import lzma
 import math
 import re
 import sys
-import unicodedata
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.engine.lexicon import LEXICON_DIR, read_lines  # noqa: E402
+from demo_data import normalize  # noqa: E402
+from server.engine.lexicon import LEXICON_DIR, lexicon_files, read_lines  # noqa: E402
 from server.engine.wordlm import CONTEXT_SUFFIX, SENTENCE_START  # noqa: E402
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -86,9 +86,7 @@ def words_of(sentence: str) -> list[str]:
     """A sentence's words in the lexicon's form: NFC, case-folded as wordfreq folds its words (so German
     "weiß" and the old "daß" are "weiss" and "dass", as Swiss German writes them and the model spells
     them), apostrophes kept, other punctuation a space."""
-    text = unicodedata.normalize("NFC", unicodedata.normalize("NFC", sentence).casefold()).replace("’", "'")
-    kept = [c if (c.isalnum() or c == "'" or unicodedata.category(c).startswith("M")) else " " for c in text]
-    return [w.strip("'") for w in "".join(kept).split() if w.strip("'")]
+    return [w.strip("'") for w in normalize(sentence.casefold().replace("’", "'")).split() if w.strip("'")]
 
 
 def sentences(entry: str) -> list[list[str]]:
@@ -143,9 +141,8 @@ def main() -> None:
         files = fortune_files(language)
         if not files:
             raise SystemExit(f"no fortunes for {language} under {SOURCES[language][0]}: apt-get install fortunes fortunes-de fortunes-es")
-        lexicon = next(p for p in sorted(folder.glob(f"{language}.tsv*")))
         unigram = {}
-        for line in read_lines(lexicon):
+        for line in read_lines(lexicon_files(folder)[language]):
             word, score = line.split("\t")[:2]
             unigram[word] = float(score)
         entries = [e for e in fortunes(files) if not held_out(e)]

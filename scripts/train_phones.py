@@ -127,10 +127,9 @@ def evaluate(args, model, phones: list[str]) -> None:
 
     from server.engine.denoise import ctc_canvases
     from server.engine.frames import read_audio
-    from server.engine.lexicon import LexiconDecoding, LexiconWeights
+    from server.engine.lexicon import LexiconDecoding, LexiconWeights, lexicon_files
 
-    files = {path.name.split(".")[0]: path for path in sorted((args.lexicons / "lexicon").glob("*.tsv*"))
-             if not path.name.endswith(CONTEXT_SUFFIX)}
+    files = lexicon_files(args.lexicons / "lexicon")
     lexicon = LexiconDecoding(model.tokenizer, model.backbone.config.text_config.pad_token_id, files, phones=phones,
                               weights={lang: LexiconWeights(*w) for lang, w in _weights(args.weights)})
     rows = [r for r in load_heldout(args.eval) if int(r["audio"].split("_")[1][:3]) < args.per_language]
@@ -163,7 +162,7 @@ def export(args, phones: list[str]) -> None:
     phoneme head (fp16), the lexicons with each word's phonemes, and the inventory."""
     import shutil
 
-    from server.engine.lexicon import LEXICON_DIR, PHONES_FILE, WEIGHTS_FILE, read_lines
+    from server.engine.lexicon import LEXICON_DIR, PHONES_FILE, WEIGHTS_FILE, lexicon_files, read_lines
     from server.engine.loader import load_model
 
     model = with_phone_head(load_model(args.model, "cpu"), phones, _saved_projector(args.state))
@@ -176,12 +175,10 @@ def export(args, phones: list[str]) -> None:
     said = set(args.phone_languages.split(","))
     (out / LEXICON_DIR).mkdir(exist_ok=True)
     shutil.copy(Path(args.model) / LEXICON_DIR / WEIGHTS_FILE, out / LEXICON_DIR / WEIGHTS_FILE)
-    for path in sorted((Path(args.model) / LEXICON_DIR).glob("*.tsv*")):
-        if path.name.endswith(CONTEXT_SUFFIX):  # word pairs: spelled, not said, so they come as they are
-            shutil.copy(path, out / LEXICON_DIR / path.name)
-            continue
-        language = path.name.split(".")[0]
-        source = next((args.lexicons / "lexicon").glob(f"{language}.tsv*")) if language in said else path
+    for path in sorted((Path(args.model) / LEXICON_DIR).glob(f"*{CONTEXT_SUFFIX}")):
+        shutil.copy(path, out / LEXICON_DIR / path.name)  # word pairs: spelled, not said, so they come as they are
+    for language, path in lexicon_files(Path(args.model) / LEXICON_DIR).items():
+        source = lexicon_files(args.lexicons / "lexicon")[language] if language in said else path
         lines = [line + "\n" for line in read_lines(source) if set(line.split("\t")[0]) <= alphabet]
         target = out / LEXICON_DIR / f"{language}.tsv.xz"
         target.write_bytes(dp.compress("".join(lines).encode("utf-8"), target))

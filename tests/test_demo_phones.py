@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_phones as dp  # noqa: E402
 
-from server.engine.lexicon import PHONES_FILE, UNSPACED, WORD_MARK, read_lines  # noqa: E402
-from server.engine.wordlm import CONTEXT_SUFFIX  # noqa: E402
+from server.engine.lexicon import PHONES_FILE, UNSPACED, WORD_MARK, lexicon_files, read_lines  # noqa: E402
 
 DEMO_LEXICON = ROOT / "server" / "models" / "demo" / "lexicon"
 
@@ -45,8 +44,7 @@ def test_the_shipped_lexicon_spells_its_phonemic_languages_in_the_inventory_espe
     inventory = set(phones)
     said = dp.Phonemizer()
     phonemic = []
-    for path in sorted(p for p in DEMO_LEXICON.glob("*.tsv*") if not p.name.endswith(CONTEXT_SUFFIX)):
-        language = path.name.split(".")[0]
+    for language, path in lexicon_files(DEMO_LEXICON).items():
         rows = [line.split("\t") for line in read_lines(path)]
         if len(rows[0]) < 3:
             continue

@@ -63,7 +63,7 @@ import numpy as np
 from server.engine.wordlm import CONTEXT_SUFFIX, context_file, read_pairs, word_lm
 
 __all__ = ["DEFAULT_WEIGHTS", "LEXICON_DIR", "PHONES_FILE", "UNSPACED", "WEIGHTS_FILE", "WORD_MARK", "WORD_MARK_ID",
-           "LexiconDecoding", "LexiconWeights", "read_lines", "read_weights"]
+           "LexiconDecoding", "LexiconWeights", "lexicon_files", "read_lines", "read_weights"]
 
 log = logging.getLogger("dgasr.lexicon")
 
@@ -97,6 +97,19 @@ def read_lines(path: Path) -> list[str]:
     elif path.name.endswith(".xz"):
         body = lzma.decompress(body)
     return body.decode("utf-8").splitlines()
+
+
+def lexicon_files(folder: Path) -> dict[str, Path]:
+    """A lexicon folder's word lists by language (``en.tsv.xz`` -> ``en``), leaving out the word
+    pairs beside them (``en.context.tsv.xz``); two lists for one language are an error."""
+    files: dict[str, Path] = {}
+    for path in sorted(Path(folder).glob("*.tsv*")):
+        if path.name.endswith(_SUFFIXES) and not path.name.endswith(CONTEXT_SUFFIX):
+            language = path.name.split(".")[0]
+            if language in files:
+                raise ValueError(f"{folder}: two lexicons for {language}: {files[language].name} and {path.name}")
+            files[language] = path
+    return files
 
 
 def read_weights(path: Path) -> dict[str, LexiconWeights]:
@@ -144,13 +157,7 @@ class LexiconDecoding:
 
     @classmethod
     def from_dir(cls, folder: Path, tokenizer, blank: int, **options) -> LexiconDecoding | None:
-        files: dict[str, Path] = {}
-        for path in sorted(Path(folder).glob("*.tsv*")):
-            if path.name.endswith(_SUFFIXES) and not path.name.endswith(CONTEXT_SUFFIX):
-                language = path.name.split(".")[0]
-                if language in files:
-                    raise ValueError(f"{folder}: two lexicons for {language}: {files[language].name} and {path.name}")
-                files[language] = path
+        files = lexicon_files(folder)
         if not files:
             return None
         weights = Path(folder) / WEIGHTS_FILE

@@ -44,7 +44,7 @@ class WordPairs:
         return (previous + 1) * self.size + word
 
     def score(self, previous: int, word: int, unigram: float) -> float:
-        found = self.pairs.get((previous + 1) * self.size + word)
+        found = self.pairs.get(self.key(previous, word))
         return found if found is not None else self.backoff.get(previous, 0.0) + unigram
 
 
@@ -104,12 +104,9 @@ def word_lm(scores: list[float], pairs: WordPairs | None = None, weight: float =
         def start(self, start_with_nothing: bool):
             return self.root
 
-        def score(self, state, index: int, _get=pairs.pairs.get, _backoff=pairs.backoff.get, _size=pairs.size):
+        def score(self, state, index: int):
             unigram = scores[index]
-            previous = self.last[id(state)]
-            paired = _get((previous + 1) * _size + index)
-            if paired is None:
-                paired = _backoff(previous, 0.0) + unigram
+            paired = pairs.score(self.last[id(state)], index, unigram)
             return self.after[index], unigram + weight * (paired - unigram)
 
         def finish(self, state):
