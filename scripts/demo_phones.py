@@ -142,7 +142,9 @@ def save_phones(folder: Path, phones: list[str]) -> None:
 
 
 def load_phones(folder: Path) -> list[str]:
-    return json.loads((folder / PHONES_FILE).read_text(encoding="utf-8"))
+    """The inventory of ``folder`` (``--out`` of this script) or of a model directory's lexicon."""
+    path = folder / PHONES_FILE if (folder / PHONES_FILE).exists() else folder / "lexicon" / PHONES_FILE
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def main() -> None:

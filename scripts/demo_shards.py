@@ -28,7 +28,7 @@ from demo_model import demo_spec
 from server.engine.frames import encode, log_mel, native_bf16
 from server.engine.spec import WHISPER_FRAMES_PER_SECOND
 
-__all__ = ["SHARD", "make_shards", "FramePool"]
+__all__ = ["SHARD", "make_shards", "write_shards", "FramePool"]
 
 SHARD = 1000  # utterances per shard
 _SEED_STRIDE = 10_000_000
@@ -37,6 +37,16 @@ _SEED_STRIDE = 10_000_000
 def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD,
                 split: demo_data.Split = demo_data.TRAIN) -> None:
     """Synthesize shards ``first`` .. ``first+count-1`` of training utterances (of ``split``) as encoder frames."""
+    for shard in range(first, first + count):
+        if not (out / f"{shard:04d}.npy").exists():
+            utts = [demo_data.sample_utterance(seed * _SEED_STRIDE + shard * size + i, demo_data.LANGS[i % 6], split)
+                    for i in range(size)]
+            write_shards(out, shard, utts, whisper_dir, size)
+
+
+def write_shards(out: Path, first: int, utts: list[demo_data.Utterance], whisper_dir: Path,
+                 size: int = SHARD) -> None:
+    """``utts`` as encoder frames, in shards of ``size`` numbered from ``first`` (written ones kept)."""
     from server.engine.loader import load_whisper_encoder
 
     spec = demo_spec()
@@ -44,26 +54,25 @@ def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int 
     whisper = whisper.float().eval()
     out.mkdir(parents=True, exist_ok=True)
     bf16 = native_bf16()
-    for shard in range(first, first + count):
+    for shard, i0 in zip(range(first, first + len(utts)), range(0, len(utts), size)):
         if (out / f"{shard:04d}.npy").exists():
             continue
-        utts = [demo_data.sample_utterance(seed * _SEED_STRIDE + shard * size + i, demo_data.LANGS[i % 6], split)
-                for i in range(size)]
+        part_utts = utts[i0: i0 + size]
         by_bucket: dict[int, list[int]] = {}
-        for i, u in enumerate(utts):
+        for i, u in enumerate(part_utts):
             by_bucket.setdefault(spec.encoder_samples(u.audio.shape[0]), []).append(i)
-        frames: list[np.ndarray | None] = [None] * size
+        frames: list[np.ndarray | None] = [None] * len(part_utts)
         with torch.inference_mode():
             for samples, members in by_bucket.items():
                 for j in range(0, len(members), 16):
                     part = members[j: j + 16]
-                    feats = log_mel(extractor, [utts[i].audio for i in part], samples)
+                    feats = log_mel(extractor, [part_utts[i].audio for i in part], samples)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # frames differ ~1e-3
                         encoded = encode(whisper, feats).float().numpy()
                     for i, row in zip(part, encoded):
                         frames[i] = row.astype(np.float16)
         rows, start = [], 0
-        for u, f in zip(utts, frames):
+        for u, f in zip(part_utts, frames):
             rows.append({"text": u.text, "language": u.language, "voice": u.voice, "start": start, "frames": len(f)})
             start += len(f)
         with open(out / f"{shard:04d}.jsonl.tmp", "w") as fh:

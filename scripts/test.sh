@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs and runs it:
 #   Debian packages (espeak-ng speech, sox, pocketsphinx-testdata human recordings, the fortunes
-#   whose held-out sentences test the demo's word pairs, PortAudio,
+#   whose held-out sentences test the demo's word pairs, Asterisk's recorded prompts (people
+#   speaking English, French and Spanish, scripts/human_speech.py), PortAudio,
 #   chromium + fonts for the caption page's browser tests, postgresql and haproxy for the
 #   scale-out test, which starts its own loopback instances),
 #   a virtual environment in .venv with dgasr and its test extra, OpenAI's whisper-base as the
@@ -10,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(espeak-ng sox pocketsphinx-testdata fortunes fortunes-de fortunes-es libportaudio2 chromium fonts-noto-core postgresql haproxy)
+packages=(espeak-ng sox pocketsphinx-testdata fortunes fortunes-de fortunes-es
+          asterisk-core-sounds-en-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-es-g722 libportaudio2 chromium fonts-noto-core postgresql haproxy)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

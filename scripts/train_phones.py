@@ -202,7 +202,7 @@ def _weights(spec: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="server/models/demo")
-    parser.add_argument("--lexicons", type=Path, default=Path("runs/phones"), help="phones.json + lexicon/*.tsv*")
+    parser.add_argument("--lexicons", type=Path, default=Path("runs/phones"), help="phones.json + lexicon/*.tsv*, or a model directory (lexicon/phones.json)")
     parser.add_argument("--data", type=Path, default=Path("runs/demo/shards"))
     parser.add_argument("--state", type=Path, default=Path("runs/phones/state.pt"))
     parser.add_argument("--minutes", type=float, default=40.0)

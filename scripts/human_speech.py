@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Recordings of people, with transcripts, from Debian's Asterisk prompt packages.
+
+How this works
+--------------
+Everything else the demo model hears in training is synthetic. Debian ships the Asterisk
+PBX's voice prompts, recorded by professional voice talents and released under CC-BY-SA 3.0,
+with a transcript of every prompt: Allison Smith in US English (``asterisk-core-sounds-en``)
+and Mexican Spanish (``-es``), June Wallack in Canadian French (``-fr``); the ``-g722``
+packages hold them as 16 kHz wideband G.722, which PyAV decodes. That is 500-560 prompts
+per language: menus, numbers, letters, the phonetic alphabet, sentences of up to 30 s.
+
+:func:`prompts` pairs each recording with its line of ``core-sounds-<lang>.txt.gz``, leaves
+out the bracketed descriptions of tones and prompts longer than the demo's window, and puts
+one prompt in five (by a CRC of its name, so it never moves) in the held-out split. The
+held-out prompts are a test set of people in three languages (``--out``, the layout of
+``scripts/demo_data.py``, read by ``scripts/eval_wer.py --data``); the others become training
+shards (``--shards``: several views of each with ``demo_data.augment``'s speed, reverb,
+telephone band, silences, noise and gain), in the layout of ``scripts/demo_shards.py``::
+
+    apt-get install asterisk-core-sounds-en-g722 asterisk-core-sounds-fr-g722 asterisk-core-sounds-es-g722
+    python scripts/human_speech.py --out runs/asterisk-test
+    python scripts/human_speech.py --shards runs/human/shards --first 9000 --views 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import demo_data  # noqa: E402
+
+SOUNDS = Path("/usr/share/asterisk/sounds")
+DOCS = Path("/usr/share/doc")
+# language -> (the talent's folder, the transcript file's language suffix)
+VOICES = {"en": "en_US_f_Allison", "fr": "fr_CA_f_June", "es": "es_MX_f_Allison"}
+PACKAGES = tuple(f"asterisk-core-sounds-{lang}-g722" for lang in VOICES)
+HELD_OUT = 5  # one prompt in five
+_LINE = re.compile(r"^([^;:\s][^:\s]*):\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str  # e.g. "en/digits/7"
+    language: str
+    speaker: str
+    text: str
+    path: Path
+
+
+def held_out(name: str) -> bool:
+    return zlib.crc32(name.encode()) % HELD_OUT == 0
+
+
+def transcripts(language: str, docs: Path = DOCS) -> dict[str, str]:
+    """Prompt name -> its transcript, from ``core-sounds-<language>.txt.gz``."""
+    path = docs / f"asterisk-core-sounds-{language}" / f"core-sounds-{language}.txt.gz"
+    out = {}
+    for line in gzip.open(path, "rt", encoding="utf-8", errors="replace"):
+        m = _LINE.match(line.strip())
+        if m and m.group(2):
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def clean(text: str) -> str | None:
+    """The words said, or None for a description ("[ascending tones]", "<beep ascending>")."""
+    text = text.strip().strip("\u201c\u201d\"")
+    if not text or any(c in text for c in "[(<"):
+        return None
+    text = text.replace("...", " ").replace("#", " pound ").replace("*", " star ")
+    return " ".join(text.split())
+
+
+def prompts(sounds: Path = SOUNDS, docs: Path = DOCS) -> list[Prompt]:
+    """Every transcribed prompt of the installed packages, sorted by name."""
+    out = []
+    for language, folder in VOICES.items():
+        root = sounds / folder
+        if not root.is_dir():
+            continue
+        for key, text in sorted(transcripts(language, docs).items()):
+            path, words = root / f"{key}.g722", clean(text)
+            if words and path.exists():
+                out.append(Prompt(f"{language}/{key}", language, folder, words, path))
+    return out
+
+
+def read_g722(path: Path) -> np.ndarray:
+    """16 kHz float32 mono samples of a raw G.722 file."""
+    import av
+
+    with av.open(str(path), format="g722") as container:
+        chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+    return (np.concatenate(chunks).astype(np.float32) / 32768.0) if chunks else np.zeros(0, np.float32)
+
+
+def split(items: list[Prompt], test: bool) -> list[Prompt]:
+    return [p for p in items if held_out(p.name) == test]
+
+
+def write_test(out: Path, items: list[Prompt]) -> None:
+    """The held-out prompts as wavs + ``transcripts.jsonl`` (``demo_data.py``'s layout)."""
+    import soundfile as sf
+
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    with open(out / "transcripts.jsonl", "w", encoding="utf-8") as fh:
+        for p in items:
+            audio = read_g722(p.path)
+            if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE:
+                continue
+            i = counts[p.language] = counts.get(p.language, -1) + 1
+            name = f"{p.language}_{i:03d}.wav"
+            sf.write(out / name, audio, demo_data.SAMPLE_RATE)
+            fh.write(json.dumps({"audio": name, "language": p.language, "text": p.text,
+                                 "voice": f"asterisk:{p.speaker}", "prompt": p.name}, ensure_ascii=False) + "\n")
+    print(f"wrote {sum(counts.values()) + len(counts)} held-out prompts to {out}: "
+          + ", ".join(f"{k} {v + 1}" for k, v in counts.items()))
+
+
+def views(items: list[Prompt], count: int, seed: int) -> list[demo_data.Utterance]:
+    """``count`` augmented takes of each training prompt that fits the window, shuffled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in items:
+        audio = read_g722(p.path)
+        if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE * 0.9:
+            continue
+        for _ in range(count):
+            take = demo_data.augment(rng, audio, p.language, demo_data.TRAIN)
+            out.append(demo_data.Utterance(p.language, demo_data.normalize(p.text), take, f"asterisk:{p.speaker}"))
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="write the held-out prompts here")
+    ap.add_argument("--shards", type=Path, help="write training shards (encoder frames) here")
+    ap.add_argument("--first", type=int, default=9000, help="the first shard's number")
+    ap.add_argument("--views", type=int, default=8, help="augmented takes of each training prompt")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--whisper", type=Path, default=Path("runs/whisper-base-10s"))
+    args = ap.parse_args()
+    items = prompts()
+    if not items:
+        sys.exit(f"no Asterisk prompts under {SOUNDS}: apt-get install {' '.join(PACKAGES)}")
+    print(f"{len(items)} prompts: " + ", ".join(
+        f"{lang} {sum(p.language == lang for p in items)}" for lang in VOICES))
+    if args.out:
+        write_test(args.out, split(items, test=True))
+    if args.shards:
+        from demo_shards import write_shards
+
+        write_shards(args.shards, args.first, views(split(items, test=False), args.views, args.seed), args.whisper)
+
+
+if __name__ == "__main__":
+    main()

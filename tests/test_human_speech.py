@@ -1,0 +1,60 @@
+"""scripts/human_speech.py: Asterisk's recorded prompts (Debian's asterisk-core-sounds-*-g722,
+installed by scripts/test.sh) as speech of people with transcripts, and how eval_wer.py scores them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import human_speech as hs  # noqa: E402
+from eval_wer import PEOPLE, error_rate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prompts() -> dict[str, hs.Prompt]:
+    return {p.name: p for p in hs.prompts()}
+
+
+def test_each_recording_is_paired_with_its_own_transcript_in_three_languages(prompts):
+    assert prompts["en/digits/7"].text == "seven"
+    assert prompts["en/auth-thankyou"].text == "Thank you."
+    assert prompts["es/digits/14"].text == "catorce"
+    assert prompts["fr/conf-full"].text == "Cette conférence est pleine."
+    assert {p.speaker for p in prompts.values()} == {"en_US_f_Allison", "es_MX_f_Allison", "fr_CA_f_June"}
+    for language in hs.VOICES:  # 476-542 each, less what clean() leaves out
+        assert 400 < sum(p.language == language for p in prompts.values()) < 560
+
+
+def test_descriptions_of_tones_are_not_transcripts():
+    assert hs.clean("[this is a simple beep tone]") is None
+    assert hs.clean("\u201cVeuillez composer le code.\u201d") == "Veuillez composer le code."
+    assert hs.clean("press * to toggle pause, press # to enter") == "press star to toggle pause, press pound to enter"
+
+
+def test_one_prompt_in_five_is_held_out_whatever_else_is_installed(prompts):
+    items = list(prompts.values())
+    test, train = hs.split(items, test=True), hs.split(items, test=False)
+    assert not {p.name for p in test} & {p.name for p in train}
+    assert len(test) + len(train) == len(items)
+    assert 0.15 < len(test) / len(items) < 0.25
+    assert [p.name for p in hs.split(items[::2], test=True)] == [p.name for p in test if p in items[::2]]
+
+
+def test_g722_decodes_to_16khz_audio_as_long_as_the_prompt(prompts):
+    word = hs.read_g722(prompts["en/digits/7"].path)
+    menu = hs.read_g722(prompts["en/auth-incorrect"].path)
+    assert word.dtype == np.float32 and 0.3 < word.shape[0] / 16000 < 1.5
+    assert menu.shape[0] > 2 * word.shape[0]
+    assert 0.01 < float(np.sqrt(np.mean(word**2))) < 0.5
+
+
+def test_people_rows_compare_numbers_as_words_in_their_language():
+    assert error_rate(PEOPLE + "fr", ["appuyez sur deux"], ["appuyez sur 2"]) == 0.0
+    assert error_rate(PEOPLE + "es", ["catorce"], ["14"]) == 0.0
+    assert error_rate(PEOPLE + "en", ["press 1"], ["press one"]) == 0.0
+    assert error_rate(PEOPLE + "en", ["press 1"], ["press 2"]) == 0.5
+    assert error_rate("en", ["press one"], ["press 1"]) == 0.5  # the synthetic rows stay as they were
