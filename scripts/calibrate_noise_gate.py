@@ -13,7 +13,10 @@ off, through the same VAD session and engine as ``dgasr-transcribe``:
 * **short speech**: the answers people give in one word ("yes", "nein", "oui", "sí", "नहीं",
   "好", a digit), spoken by espeak voice variants held out of training (and three flite
   voices for English), with 0.4 s of silence either side; plus ``--data`` (a
-  ``demo_data.py`` directory) and the human English recordings, whose finals are longer.
+  ``demo_data.py`` directory) and the human English recordings, whose finals are longer;
+  with ``--people``, also people's answers: the Asterisk prompts of one or two words
+  (``scripts/human_speech.py``: digits, letters, months, "yes"; English, French and Spanish)
+  outside its held-out split.
 
 It then prints, for a grid of gates, how many noise readings would pass and how many
 speech readings would be lost, and the same for the model's own gate::
@@ -66,11 +69,16 @@ class Reading:
     aligned: bool
 
 
+def said_alone(audio: np.ndarray, rate: int = 16000) -> np.ndarray:
+    """An answer as a session hears it: 0.4 s of silence either side, peak at half scale."""
+    pad = np.zeros(int(0.4 * rate), np.float32)
+    return np.concatenate([pad, 0.5 * audio / (np.abs(audio).max() + 1e-6), pad]).astype(np.float32)
+
+
 def answers() -> list[tuple[str, np.ndarray]]:
     """(language, audio) of every one-word answer in every held-out voice."""
     import demo_data
 
-    pad = np.zeros(int(0.4 * demo_data.SAMPLE_RATE), np.float32)
     out = []
     for language, words in ANSWERS.items():
         for word in words:
@@ -79,9 +87,18 @@ def answers() -> list[tuple[str, np.ndarray]]:
                      for j, v in enumerate(HELD_OUT_VARIANTS)]
             if language == "en":
                 takes += [demo_data.synthesize("flite", v, say, 0, 0, 0) for v in ("slt", "awb", "rms")]
-            out += [(language, np.concatenate([pad, 0.5 * a / (np.abs(a).max() + 1e-6), pad]).astype(np.float32))
-                    for a in takes]
+            out += [(language, said_alone(a)) for a in takes]
     return out
+
+
+def people_answers(words: int = 2) -> list[tuple[str, np.ndarray]]:
+    """(language, audio) of the Asterisk prompts of at most ``words`` words outside the held-out split."""
+    import demo_data
+    import human_speech
+
+    return [(p.language, said_alone(human_speech.read_g722(p.path)))
+            for p in human_speech.split(human_speech.prompts(), test=False)
+            if len(demo_data.normalize(p.text).split()) <= words]
 
 
 def record(model, clips: list[tuple[str, str | None, np.ndarray]]) -> list[Reading]:
@@ -123,6 +140,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--data", type=Path, help="a demo_data.py directory of longer held-out speech")
     parser.add_argument("--seeds", default="1-39", help="noise seeds, FIRST-LAST")
+    parser.add_argument("--people", action="store_true",
+                        help="also the short Asterisk prompts of human_speech.py's training split")
     args = parser.parse_args()
     import demo_data
     import eval_wer
@@ -133,25 +152,30 @@ def main() -> None:
              for seed in range(first, last + 1) for name, audio in demo_data.noise_only(seed, 60.0).items()
              for gain in (0.1, 0.3)]
     clips += [(f"answer-{language}", language, audio) for language, audio in answers()]
+    if args.people:
+        clips += [(f"answer-people-{language}", language, audio) for language, audio in people_answers()]
     rows = (eval_wer.load_heldout(args.data) if args.data else []) + eval_wer.load_human()
     clips += [(f"speech-{row['set']}", row["language"], row["wav"]) for row in rows]
     readings = record(model, clips)
     noise = [r for r in readings if r.kind.startswith("noise")]
     speech = [r for r in readings if not r.kind.startswith("noise")]
     print(f"{len(noise)} short readings of noise (seeds {args.seeds}), {len(speech)} readings of speech "
-          f"({sum(r.kind.startswith('answer') for r in speech)} one-word answers)")
+          f"({sum(r.kind.startswith('answer') for r in speech)} short answers, "
+          f"{sum(r.kind.startswith('answer-people') for r in speech)} of them people's)")
     for r in sorted(noise, key=lambda r: (text_width(r.text), r.confidence)):
         print(f"  noise {r.kind:22s} {r.text!r:12s} confidence {r.confidence:.2f}, "
               f"{text_width(r.text) / r.seconds:.2f} wide/s of {r.seconds:.2f} s")
-    print("| max wide | min confidence | min wide/s | noise passed | speech lost |")
-    print("|---|---|---|---|---|")
+    people = [r for r in speech if r.kind.startswith("answer-people")]
+    print("| max wide | min confidence | min wide/s | noise passed | speech lost | of it people's answers |")
+    print("|---|---|---|---|---|---|")
     grid = [NoiseGate(m, c, d) for m, c, d in itertools.product((3, 4, 6, 8), (0.3, 0.4, 0.5, 0.6, 0.7), (0.0, 0.75, 1.0, 1.3))]
     for gate in [model.spec.noise_gate] + grid:
         passed = sum(not gated(gate, r) for r in noise)
         lost = sum(gated(gate, r) for r in speech)
         mark = " (the model's)" if gate is model.spec.noise_gate else ""
         print(f"| {gate.max_chars}{mark} | {gate.min_confidence} | {gate.min_chars_per_second} | "
-              f"{passed} of {len(noise)} | {lost} of {len(speech)} |")
+              f"{passed} of {len(noise)} | {lost} of {len(speech)} | "
+              f"{sum(gated(gate, r) for r in people)} of {len(people)} |")
 
 
 if __name__ == "__main__":
