@@ -120,7 +120,7 @@ def write_test(out: Path, items: list[Prompt]) -> None:
         for p in items:
             audio = read_g722(p.path)
             if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE:
-                continue
+                continue  # longer than the window: a test row must be read whole
             i = counts[p.language] = counts.get(p.language, -1) + 1
             name = f"{p.language}_{i:03d}.wav"
             sf.write(out / name, audio, demo_data.SAMPLE_RATE)
@@ -130,19 +130,32 @@ def write_test(out: Path, items: list[Prompt]) -> None:
           + ", ".join(f"{k} {v + 1}" for k, v in counts.items()))
 
 
-def views(items: list[Prompt], count: int, seed: int) -> list[demo_data.Utterance]:
-    """``count`` augmented takes of each training prompt that fits the window, shuffled."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for p in items:
-        audio = read_g722(p.path)
-        if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE * 0.9:
+def fits(audio: np.ndarray) -> bool:
+    """Short enough that its augmented takes (slower, with silences) stay inside the window."""
+    return audio.shape[0] <= demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE * 0.9
+
+
+def write_views(out: Path, first: int, items: list[Prompt], count: int, seed: int, whisper: Path) -> None:
+    """``count`` augmented takes of each prompt of ``items`` that fits, shuffled, as shards from ``first``.
+
+    Each take is drawn from a generator seeded by (seed, prompt, take), and shards are made
+    one at a time, so memory holds one shard of audio, and a rerun (after a cut-off
+    session) writes the missing shards exactly as the first run would have.
+    """
+    from demo_shards import SHARD, write_shards
+
+    keep = [p for p in items if fits(read_g722(p.path))]
+    order = np.random.default_rng(seed).permutation(len(keep) * count)
+    for k, shard in enumerate(range(0, len(order), SHARD)):
+        if (out / f"{first + k:04d}.npy").exists():
             continue
-        for _ in range(count):
-            take = demo_data.augment(rng, audio, p.language, demo_data.TRAIN)
-            out.append(demo_data.Utterance(p.language, demo_data.normalize(p.text), take, f"asterisk:{p.speaker}"))
-    order = rng.permutation(len(out))
-    return [out[i] for i in order]
+        utts = []
+        for i in order[shard: shard + SHARD]:
+            p, take = keep[i // count], int(i % count)
+            rng = np.random.default_rng([seed, i // count, take])
+            audio = demo_data.augment(rng, read_g722(p.path), p.language, demo_data.TRAIN)
+            utts.append(demo_data.Utterance(p.language, demo_data.normalize(p.text), audio, f"asterisk:{p.speaker}"))
+        write_shards(out, first + k, utts, whisper)
 
 
 def main() -> None:
@@ -162,9 +175,7 @@ def main() -> None:
     if args.out:
         write_test(args.out, split(items, test=True))
     if args.shards:
-        from demo_shards import write_shards
-
-        write_shards(args.shards, args.first, views(split(items, test=False), args.views, args.seed), args.whisper)
+        write_views(args.shards, args.first, split(items, test=False), args.views, args.seed, args.whisper)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,27 @@ def test_people_rows_compare_numbers_as_words_in_their_language():
     assert error_rate(PEOPLE + "en", ["press 1"], ["press one"]) == 0.0
     assert error_rate(PEOPLE + "en", ["press 1"], ["press 2"]) == 0.5
     assert error_rate("en", ["press one"], ["press 1"]) == 0.5  # the synthetic rows stay as they were
+
+
+def test_training_takes_cover_each_prompt_as_often_as_asked_and_a_rerun_remakes_a_lost_shard(prompts, tmp_path,
+                                                                                             monkeypatch):
+    import json
+
+    import demo_shards
+
+    monkeypatch.setattr(demo_shards, "SHARD", 4)
+    items = [prompts[name] for name in ("en/digits/7", "es/digits/14", "fr/conf-full")]
+    whisper = Path(__file__).resolve().parent.parent / "server" / "models" / "demo" / "whisper"
+    hs.write_views(tmp_path, 3, items, 2, seed=5, whisper=whisper)
+
+    def rows(shard: int) -> list[str]:
+        return [json.loads(line)["text"] for line in open(tmp_path / f"{shard:04d}.jsonl", encoding="utf-8")]
+
+    texts = rows(3) + rows(4)
+    assert (len(rows(3)), len(rows(4))) == (4, 2)
+    assert sorted(texts) == sorted(["seven", "catorce", "cette conférence est pleine"] * 2)
+    frames = np.load(tmp_path / "0004.npy")
+    (tmp_path / "0004.npy").unlink()
+    hs.write_views(tmp_path, 3, items, 2, seed=5, whisper=whisper)
+    assert rows(3) + rows(4) == texts
+    assert np.array_equal(np.load(tmp_path / "0004.npy"), frames)
