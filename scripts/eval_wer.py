@@ -3,7 +3,10 @@
 
 Prints one table: WER for en/de/fr/es and CER for hi/zh on the held-out synthetic set
 (``scripts/demo_data.py``: voices, speeds, words and seeds training never draws), and WER
-on human English (``human-en``: the 12 pocketsphinx-testdata recordings with transcripts),
+on human English (``human-en``: the 12 pocketsphinx-testdata recordings with transcripts);
+with ``--people``, Asterisk's recorded prompts in en/fr/es (``people-*``), and with ``--neural``,
+held-out speech of Kokoro's neural voices in en/de/fr/es/hi (``neural-*``, another synthesizer's
+blended speakers; ``scripts/kokoro_speech.py``),
 
 (a) offline through the engine (``run_batch``) at 1, 2, 4, 8 and 16 steps (and, for a
     model whose canvas starts from its CTC reading, that reading alone: "ctc start", and
@@ -57,6 +60,7 @@ from server.service.config import ServerConfig  # noqa: E402
 CER_LANGS = {"hi", "zh"}
 HUMAN = "human-en"
 PEOPLE = "people-"  # rows of --people: f"people-{language}", Asterisk's voice talents (scripts/human_speech.py)
+NEURAL = "neural-"  # rows of --neural: f"neural-{language}", Kokoro's blended speakers (scripts/kokoro_speech.py)
 
 
 def normalize(text: str) -> str:
@@ -74,6 +78,7 @@ def spell_numbers(text: str, language: str) -> str:
 
 
 def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
+    language = language.removeprefix(NEURAL)  # synthetic speech like the rest, of another synthesizer
     if language.startswith(PEOPLE):
         spoken = language.removeprefix(PEOPLE)
         refs, hyps = [spell_numbers(r, spoken) for r in refs], [spell_numbers(h, spoken) for h in hyps]
@@ -249,6 +254,8 @@ def main() -> None:
     parser.add_argument("--people", type=Path, metavar="DIR",
                         help="also the held-out Asterisk prompts written here by scripts/human_speech.py --out "
                              "(people in en/fr/es; numbers compared as words)")
+    parser.add_argument("--neural", type=Path, metavar="DIR",
+                        help="also the test set of Kokoro's neural voices written here by scripts/kokoro_speech.py --out")
     parser.add_argument("--reference", type=Path, metavar="WHEELS_DIR",
                         help="add faster-whisper on the whisper-base wheels in this directory as a reference row")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -272,6 +279,8 @@ def main() -> None:
         rows += load_human()
     if args.people:
         rows += load_heldout(args.people, PEOPLE)
+    if args.neural:
+        rows += load_heldout(args.neural, NEURAL)
     sets = list(dict.fromkeys(r["set"] for r in rows))
     t0 = time.perf_counter()
     model = load_model(args.model, args.device)
@@ -307,7 +316,7 @@ def main() -> None:
     print(f"\nheld-out set {args.data} ({len(rows)} utterances), model {args.model}")
     print("set      metric | " + " | ".join(f"{n:>14}" for n in names))
     for group in sets:
-        metric = "CER" if group in CER_LANGS else "WER"
+        metric = "CER" if group.removeprefix(NEURAL) in CER_LANGS else "WER"
         cells = [("" if n == "faster-whisper base" and not people(group) else f"{100 * table[n][group]:.1f}%")
                  for n in names]
         print(f"{group:9} {metric:5} | " + " | ".join(f"{c:>14}" for c in cells))
