@@ -31,6 +31,8 @@ import json
 import subprocess
 import unicodedata
 import zlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -376,6 +378,20 @@ def heldout_sentences(language: str, count: int, seed: int = HELDOUT_SEED, devel
     return [found[i] for i in order[:count]]
 
 
+def write_test_set(out: Path, utterances: Iterable[Utterance]) -> None:
+    """Utterances as a test set: ``<language>_<n>.wav`` and ``transcripts.jsonl`` (what ``eval_wer.py`` reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts: Counter[str] = Counter()
+    with open(out / "transcripts.jsonl", "w", encoding="utf-8") as index:
+        for utt in utterances:
+            name = f"{utt.language}_{counts[utt.language]:03d}.wav"
+            counts[utt.language] += 1
+            sf.write(out / name, utt.audio, SAMPLE_RATE, subtype="PCM_16")
+            row = {"audio": name, "language": utt.language, "text": utt.text, "voice": utt.voice}
+            index.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {counts.total()} utterances to {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo/heldout"))
@@ -392,18 +408,11 @@ def main() -> None:
         WORDS_FILE.write_text(json.dumps(lists, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
         print(f"wrote {WORDS_FILE}")
         return
-    args.out.mkdir(parents=True, exist_ok=True)
     languages = args.sentences.split(",") if args.sentences else LANGS
-    with open(args.out / "transcripts.jsonl", "w") as index:
-        for lang in languages:
-            texts = heldout_sentences(lang, args.per_language, args.seed, args.development) if args.sentences else [None] * args.per_language
-            for i, text in enumerate(texts):
-                utt = sample_utterance(args.seed + i, lang, HELDOUT, text)
-                name = f"{lang}_{i:03d}.wav"
-                sf.write(args.out / name, utt.audio, SAMPLE_RATE, subtype="PCM_16")
-                row = {"audio": name, "language": lang, "text": utt.text, "voice": utt.voice}
-                index.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {args.per_language * len(languages)} utterances to {args.out}")
+    write_test_set(args.out, (
+        sample_utterance(args.seed + i, lang, HELDOUT, text) for lang in languages
+        for i, text in enumerate(heldout_sentences(lang, args.per_language, args.seed, args.development)
+                                 if args.sentences else [None] * args.per_language)))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import re
 import sys
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,22 +110,12 @@ def split(items: list[Prompt], test: bool) -> list[Prompt]:
 
 
 def write_test(out: Path, items: list[Prompt]) -> None:
-    """The held-out prompts as wavs + ``transcripts.jsonl`` (``demo_data.py``'s layout)."""
-    import soundfile as sf
-
-    out.mkdir(parents=True, exist_ok=True)
-    counts: Counter[str] = Counter()
-    with open(out / "transcripts.jsonl", "w", encoding="utf-8") as fh:
-        for p in items:
-            audio = read_g722(p.path)
-            if audio.shape[0] > demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE:
-                continue  # longer than the window: a test row must be read whole
-            name = f"{p.language}_{counts[p.language]:03d}.wav"
-            counts[p.language] += 1
-            sf.write(out / name, audio, demo_data.SAMPLE_RATE)
-            fh.write(json.dumps({"audio": name, "language": p.language, "text": p.text,
-                                 "voice": f"asterisk:{p.speaker}", "prompt": p.name}, ensure_ascii=False) + "\n")
-    print(f"wrote {counts.total()} held-out prompts to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    """The held-out prompts that fit the window (a test row must be read whole), in ``demo_data.py``'s
+    layout; each row's voice names its speaker and prompt."""
+    demo_data.write_test_set(out, (
+        demo_data.Utterance(p.language, p.text, audio, f"asterisk:{p.speaker}:{p.name}")
+        for p in items for audio in [read_g722(p.path)]
+        if audio.shape[0] <= demo_data.MAX_SECONDS * demo_data.SAMPLE_RATE))
 
 
 def fits(audio: np.ndarray) -> bool:

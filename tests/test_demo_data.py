@@ -89,3 +89,18 @@ def test_voices_split_draws_random_voices_for_most_espeak_utterances_and_keeps_o
     share = sum("+rnd-" in v for v in voices(demo_data.TRAIN_VOICES)) / 300
     assert 0.5 < share < 0.7, share
     assert not any("+rnd-" in v for v in voices(demo_data.TRAIN_FREQUENT) + voices(demo_data.HELDOUT))
+
+
+def test_a_test_set_numbers_each_language_and_reads_back_in_order(tmp_path):
+    """write_test_set: the one writer of the layout eval_wer.py reads (demo_data, human_speech, kokoro_speech)."""
+    import numpy as np
+    from eval_wer import load_heldout
+
+    tone = np.sin(np.arange(8000) / 5.0).astype(np.float32) * 0.3
+    utts = [demo_data.Utterance(lang, text, tone, "test") for lang, text in
+            [("en", "one"), ("fr", "deux"), ("en", "three")]]
+    demo_data.write_test_set(tmp_path, utts)
+    rows = load_heldout(tmp_path, "x-")
+    assert [(r["audio"], r["set"], r["text"]) for r in rows] == [
+        ("en_000.wav", "x-en", "one"), ("fr_000.wav", "x-fr", "deux"), ("en_001.wav", "x-en", "three")]
+    assert np.allclose(rows[0]["wav"], tone, atol=1e-4)
