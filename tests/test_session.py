@@ -161,8 +161,10 @@ def test_session_announces_segments_with_drafts_and_one_final_when_three_sentenc
 def test_session_drafts_all_the_speech_so_far_when_the_speaker_pauses(
     three: tuple[np.ndarray, list[tuple[float, float]]], chunk: int
 ) -> None:
-    """The last draft of each sentence covers it up to its last voiced frame, before the final;
-    with the pause draft off, drafts come only every 450 ms of speech and lag behind."""
+    """The last draft of each sentence covers it up to its last voiced frame, before the final,
+    and hears the silence after it that the final will (the end of the last word: without it the
+    demo read "standard" as "stande"); with the pause draft off, drafts come only every 450 ms
+    of speech and lag behind."""
     audio, _ = three
     data = encode(audio, Encoding.PCM_S16LE)
     lags, catch_ups = {}, {}
@@ -178,6 +180,10 @@ def test_session_drafts_all_the_speech_so_far_when_the_speaker_pauses(
             # long chunks the last interval draft may already reach the pause, and none is needed
             assert not any(d.catch_up for d in drafts[:-1]) and drafts[-1].catch_up <= (pause_ms > 0)
             catch_ups[pause_ms] = catch_ups.get(pause_ms, 0) + drafts[-1].catch_up
+            for d in drafts:
+                heard = len(d.request.audio) - d.end  # beyond the speech it covers: the pause's tail
+                assert (min(pause_ms * SR // 1000, TAIL) <= heard <= TAIL) if d.catch_up else heard == 0, heard
+                np.testing.assert_array_equal(d.request.audio, final.request.audio[: len(d.request.audio)])
     assert lags[150] == [0, 0, 0] and catch_ups[150] >= 1 and catch_ups[0] == 0
     assert max(lags[0]) > 0, lags  # without it the last draft misses the end of a sentence
 

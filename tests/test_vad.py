@@ -232,6 +232,28 @@ def test_segmenter_keeps_the_preroll_when_quiet_audio_is_partly_digital_zeros() 
     assert len(starts) == 1 and starts[0] <= 0.3, starts
 
 
+def test_segmenter_keeps_first_words_when_soft_voice_takes_seconds_to_confirm() -> None:
+    """The demo's held-out English utterance 23 ("abuse stephen exactly classic ..."), said by
+    espeak-ng's whispery en-gb-x-rp+f5: webrtcvad hears it in short bursts, and the segment is
+    confirmed only 2.5 s in. It starts before the second word's burst (0.78 s), not at 1.23 s,
+    where a pre-roll history of one pause put it and the server lost three words."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import demo_data
+
+    utt = demo_data.sample_utterance(demo_data.HELDOUT_SEED + 23, "en", demo_data.HELDOUT)
+    assert utt.text.startswith("abuse stephen exactly")
+    segmenter, announced, events = Segmenter(), None, []
+    for i in range(0, len(utt.audio), 1600):
+        events += segmenter.feed(utt.audio[i : i + 1600])
+        if announced is None and any(isinstance(e, SegmentStarted) for e in events):
+            announced = (i + 1600) / SR
+    starts = [e.start / SR for e in events + segmenter.close() if isinstance(e, SegmentStarted)]
+    assert announced is not None and announced >= 2.0, announced
+    assert len(starts) == 1 and starts[0] <= 0.6, starts
+    late = [e.start / SR for e in run(utt.audio, config=VadConfig(onset_ms=0)) if isinstance(e, SegmentStarted)]
+    assert late[0] >= 1.0, late  # the history of one pause alone: what the server did before
+
+
 @pytest.mark.parametrize("kind", ["click", "beep", "burst"])
 def test_segmenter_ignores_blip_when_sound_lasts_100ms(kind: str) -> None:
     """A 100 ms click, beep or noise burst is never announced as a segment."""

@@ -321,7 +321,7 @@ class Session:
                 or self._segmenter.position - (segment.start + segment.length) < self._pause):
             return Output()
         segment.drafted_at = segment.length
-        job = self._job(segment, JobKind.DRAFT, self.config.draft_steps)
+        job = self._job(segment, JobKind.DRAFT, self.config.draft_steps, self._segmenter.ending_audio())
         job.catch_up = True
         return Output(jobs=[job])
 
@@ -348,9 +348,12 @@ class Session:
                 segment.chunks = []  # the final job holds the audio now
         return out
 
-    def _job(self, segment: _Segment, kind: JobKind, steps: int) -> Job:
+    def _job(self, segment: _Segment, kind: JobKind, steps: int, ending: np.ndarray | None = None) -> Job:
+        """A job over the segment so far; ``ending``: audio after its speech, which the job hears
+        but does not count as covered (a pause's draft hears the tail its final will)."""
         canvas = segment.canvas if self.config.warm_start else None
-        request = TranscribeRequest(segment.audio(), steps, self.stream.language, seed=self.config.seed + segment.index,
+        audio = segment.audio() if ending is None or not len(ending) else np.concatenate([segment.audio(), ending])
+        request = TranscribeRequest(audio, steps, self.stream.language, seed=self.config.seed + segment.index,
                                     start_canvas=canvas, word_timings=kind is JobKind.FINAL)
         return Job(self.id, segment.index, kind, request, end=segment.length)
 
