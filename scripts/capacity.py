@@ -51,7 +51,7 @@ from server.core.pcm import SAMPLE_RATE, Encoding  # noqa: E402
 from server.core.requests import PhaseTimings, TranscribeResult  # noqa: E402
 from server.core.scheduler import JobKind, Scheduler  # noqa: E402
 from server.core.session import Session, SessionConfig, SessionState, StreamFormat  # noqa: E402
-from server.core.vad import VadConfig  # noqa: E402
+from server.core.vad_config import VadConfig  # noqa: E402
 from server.service.loop import EngineLoop  # noqa: E402
 from server.service.registry import SessionRegistry, SessionSink  # noqa: E402
 

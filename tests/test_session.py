@@ -28,7 +28,7 @@ from server.core.events import (
 from server.core.pcm import Encoding
 from server.core.requests import PhaseTimings, TranscribeResult, WordTiming
 from server.core.scheduler import Job, JobKind
-from server.core.vad import VadConfig
+from server.core.vad_config import VadConfig
 from server.core.session import (
     Output,
     Session,

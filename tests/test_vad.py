@@ -27,8 +27,8 @@ from server.core.vad import (
     SegmenterState,
     SegmentEvent,
     SegmentStarted,
-    VadConfig,
 )
+from server.core.vad_config import VadConfig
 
 SR = SAMPLE_RATE
 SENTENCES: list[str | float] = [

@@ -64,8 +64,8 @@ from server.core.vad import (
     SegmentEvent,
     SegmenterState,
     SegmentStarted,
-    VadConfig,
 )
+from server.core.vad_config import VadConfig
 
 __all__ = ["Output", "Session", "SessionConfig", "SessionError", "SessionState", "StreamFormat"]
 

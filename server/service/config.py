@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from server.core.session import SessionConfig
-from server.core.vad import VadConfig
+from server.core.vad_config import VadConfig
 
 __all__ = ["ServerConfig", "clamp_steps", "max_steps", "session_config"]
 

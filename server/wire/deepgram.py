@@ -47,7 +47,7 @@ from server.core.pcm import (
     Encoding,
 )
 from server.core.session import Session, StreamFormat
-from server.core.vad import ENDLESS_SILENCE_MS
+from server.core.vad_config import ENDLESS_SILENCE_MS
 from server.wire import BadFrame
 from server.wire.v1 import ECHO_LIMIT, ParamError, clip, parse_bool, parse_int
 

@@ -47,7 +47,7 @@ from typing import Any
 from server.core import events as ev
 from server.core.pcm import LANGUAGES, Encoding
 from server.core.session import Session, StreamFormat
-from server.core.vad import ENDLESS_SILENCE_MS
+from server.core.vad_config import ENDLESS_SILENCE_MS
 from server.wire import Reply
 from server.wire.v1 import clip
 
