@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from server.core.pcm import SAMPLE_RATE  # noqa: E402
 from server.engine import Engine, TranscribeRequest, load_model  # noqa: E402
 from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
 from server.engine.frames import read_audio  # noqa: E402
@@ -103,7 +104,7 @@ def load_heldout(directory: Path, prefix: str = "") -> list[dict]:
     rows = [json.loads(line) for line in (directory / "transcripts.jsonl").read_text().splitlines() if line]
     for row in rows:
         audio, rate = sf.read(directory / row["audio"], dtype="float32")
-        assert rate == 16000
+        assert rate == SAMPLE_RATE
         row["wav"] = audio
         row["set"] = prefix + row["language"]
     return rows
@@ -146,7 +147,7 @@ def reference_whisper(wheels: Path, rows: list[dict]) -> list[str]:
 def streamed(wav: np.ndarray) -> np.ndarray:
     """The audio a server column's client sends: ``STREAM_PAD_S`` of silence before and after the
     wav, so the VAD hears the speech start and end."""
-    pad = np.zeros(int(STREAM_PAD_S * 16000), np.float32)
+    pad = np.zeros(int(STREAM_PAD_S * SAMPLE_RATE), np.float32)
     return np.concatenate([pad, wav, pad])
 
 
@@ -188,7 +189,7 @@ def final_rtf(model, rows: list[dict], n: int = 12) -> tuple[float, float]:
     for r in rows[:: max(1, len(rows) // n)][:n]:
         t0 = time.perf_counter()
         run_batch(model, [TranscribeRequest(audio=r["wav"], language=r["language"], steps=steps, seed=0)])
-        ratios.append(len(r["wav"]) / 16000 / (time.perf_counter() - t0))
+        ratios.append(len(r["wav"]) / SAMPLE_RATE / (time.perf_counter() - t0))
     window = np.zeros(model.spec.window_samples, np.float32)
     window[: len(rows[0]["wav"])] = rows[0]["wav"]
     times = []

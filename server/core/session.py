@@ -13,7 +13,9 @@ Audio: client bytes -> :class:`PcmDecoder` -> :class:`StreamResampler` (to 16 kH
 segment is open, every ``partial_interval_ms`` of new speech yields a draft job over the
 segment so far, and, if ``pause_draft_ms`` is set, so does a pause that long after speech
 not drafted yet (the caption catches up with the speaker at each pause instead of lagging
-up to an interval behind until the final); when it closes, a final job. Engine results
+up to an interval behind until the final; that draft also hears the pause so far, up to
+the tail the final will have, so its last word is heard to its end); when it closes, a
+final job. Engine results
 come back through :meth:`Session.job_done` (the update step of the engine loop).
 
 Guarantees kept here: for each segment ``SpeechStarted``, drafts, ``SpeechStopped``,
