@@ -354,7 +354,7 @@ class Session:
         """A job over the segment so far; ``ending``: audio after its speech, which the job hears
         but does not count as covered (a pause's draft hears the tail its final will)."""
         canvas = segment.canvas if self.config.warm_start else None
-        audio = segment.audio() if ending is None or not len(ending) else np.concatenate([segment.audio(), ending])
+        audio = segment.audio() if ending is None else np.concatenate([segment.audio(), ending])
         request = TranscribeRequest(audio, steps, self.stream.language, seed=self.config.seed + segment.index,
                                     start_canvas=canvas, word_timings=kind is JobKind.FINAL)
         return Job(self.id, segment.index, kind, request, end=segment.length)

@@ -11,6 +11,7 @@ same segments.
   pre-roll buffer. A segment is *confirmed* only when the last ``start_window_ms`` of
   frames hold enough voiced frames (``start_ratio``, and at least ``min_speech_ms`` of
   them). Until then nothing is announced, so clicks and other blips never produce a
+  ``SegmentStarted``, and once a segment is announced it always gets its
   ``SegmentEnded``. The segment then starts ``preroll_ms`` before the utterance's first
   voiced frame (looking back past pauses shorter than ``silence_ms``, as far as
   ``onset_ms`` before the start window), so the first syllable is kept despite the
@@ -66,7 +67,6 @@ __all__ = [
     "SegmenterError",
     "SegmenterState",
 ]
-
 
 
 class SegmenterState(enum.Enum):
