@@ -33,7 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 
-from eval_wer import error_rate, load_heldout, load_human  # noqa: E402
+from eval_wer import load_heldout, load_human  # noqa: E402
+from scoring import error_rate  # noqa: E402
 
 LEXICON_LANGS = ("en", "de", "fr", "es", "hi")
 

@@ -24,12 +24,8 @@ blended speakers; ``scripts/kokoro_speech.py``),
 
 Also prints the real-time factor of a final at the model's default steps.
 
-Normalisation: Unicode NFC, lowercase, punctuation and symbols removed (Unicode categories
-P* and S*; combining marks kept), whitespace collapsed; CER ignores spaces. Human English
-additionally goes through whisper's own ``EnglishTextNormalizer`` (number words to digits,
-contractions, spelling), for references and hypotheses alike. The ``--people`` rows (Asterisk's
-prompts, ``scripts/human_speech.py``) first spell digits as words in their language
-(``num2words``), both sides, since their transcripts write "press 1" and "press one" alike.
+Normalisation, and the "perfect phonemes" column (a floor, not a model's reading: what the
+lexicon search makes of each reference's own pronunciation): ``scripts/scoring.py``.
 
     python scripts/demo_data.py --out runs/demo/heldout          # once
     python scripts/eval_wer.py --model demo --data runs/demo/heldout --reference .cache/whisper-wheels
@@ -40,14 +36,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import soundfile as sf
 
@@ -61,42 +54,11 @@ from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
 from server.engine.frames import read_audio  # noqa: E402
 from server.service.config import ServerConfig  # noqa: E402
 
-CER_LANGS = {"hi", "zh"}
-HUMAN = "human-en"
-PEOPLE = "people-"  # rows of --people: f"people-{language}", Asterisk's voice talents (scripts/human_speech.py)
+sys.path.insert(0, str(ROOT / "scripts"))
+from scoring import CER_LANGS, HUMAN, NEURAL, PEOPLE, error_rate, perfect_phonemes  # noqa: E402
+
 STREAM_PAD_S = 0.3  # silence the server columns' clients send before and after each wav
-NEURAL = "neural-"  # rows of --neural: f"neural-{language}", Kokoro's blended speakers (scripts/kokoro_speech.py)
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).lower()
-    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
-    return " ".join(text.split())
-
-
-def spell_numbers(text: str, language: str) -> str:
-    """Digits as words ("appuyez sur 1" -> "appuyez sur un"): prompts' transcripts write numbers
-    either way, and the model writes them as digits."""
-    from num2words import num2words
-
-    return re.sub(r"\d+", lambda m: f" {num2words(int(m.group()), lang=language)} ", text)
-
-
-def error_rate(language: str, refs: list[str], hyps: list[str]) -> float:
-    language = language.removeprefix(NEURAL)  # synthetic speech like the rest, of another synthesizer
-    if language.startswith(PEOPLE):
-        spoken = language.removeprefix(PEOPLE)
-        refs, hyps = [spell_numbers(r, spoken) for r in refs], [spell_numbers(h, spoken) for h in hyps]
-    refs = [normalize(r) for r in refs]
-    hyps = [normalize(h) for h in hyps]
-    if language == HUMAN:
-        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-        english = EnglishTextNormalizer({})
-        refs, hyps = [english(r) for r in refs], [english(h) for h in hyps]
-    if language in CER_LANGS:
-        return jiwer.cer([r.replace(" ", "") for r in refs], [h.replace(" ", "") for h in hyps])
-    return jiwer.wer(refs, hyps)
+PERFECT = "perfect phonemes"  # the floor column: the lexicon search on each reference's own pronunciation
 
 
 def load_heldout(directory: Path, prefix: str = "") -> list[dict]:
@@ -303,6 +265,9 @@ def main() -> None:
         columns["ctc start"], lexicon_start = ctc_start(model, rows)
         if lexicon_start is not None:
             columns["lexicon start"] = lexicon_start
+    floor = perfect_phonemes(model, rows) if model.lexicon is not None else []
+    if any(h is not None for h in floor):
+        columns[PERFECT] = floor
     for steps in [int(s) for s in args.steps.split(",")]:
         hyps, secs = offline(model, rows, steps)
         columns[f"{steps} steps"] = hyps
@@ -322,9 +287,10 @@ def main() -> None:
         columns["faster-whisper base"] = [next(ref) if people(r["set"]) else "" for r in rows]
     table = {}
     for name, hyps in columns.items():
-        table[name] = {
-            group: error_rate(group, [r["text"] for r in rows if r["set"] == group],
-                              [h for h, r in zip(hyps, rows) if r["set"] == group])
+        table[name] = {  # None: the column says nothing of that set (perfect phonemes of Hindi)
+            group: None if any(h is None for h, r in zip(hyps, rows) if r["set"] == group) else
+            error_rate(group, [r["text"] for r in rows if r["set"] == group],
+                       [h for h, r in zip(hyps, rows) if r["set"] == group])
             for group in sets
         }
     names = list(columns)
@@ -332,8 +298,8 @@ def main() -> None:
     print("set      metric | " + " | ".join(f"{n:>14}" for n in names))
     for group in sets:
         metric = "CER" if group.removeprefix(NEURAL) in CER_LANGS else "WER"
-        cells = [("" if n == "faster-whisper base" and not people(group) else f"{100 * table[n][group]:.1f}%")
-                 for n in names]
+        cells = [("" if (n == "faster-whisper base" and not people(group)) or table[n][group] is None
+                  else f"{100 * table[n][group]:.1f}%") for n in names]
         print(f"{group:9} {metric:5} | " + " | ".join(f"{c:>14}" for c in cells))
     where = f"CPU threads {args.threads}" if model.device.type == "cpu" else str(model.device)
     print(f"\nfinal at default {model.spec.final_steps} steps, batch 1, {where}: "

@@ -123,7 +123,8 @@ def train(args, model, phones: list[str]) -> None:
 
 
 def evaluate(args, model, phones: list[str]) -> None:
-    from eval_wer import error_rate, load_heldout, load_human
+    from eval_wer import load_heldout, load_human
+    from scoring import error_rate
 
     from server.engine.denoise import ctc_canvases
     from server.engine.frames import read_audio

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from eval_wer import CER_LANGS, error_rate, load_heldout, offline  # noqa: E402
+from eval_wer import load_heldout, offline  # noqa: E402
+from scoring import CER_LANGS, error_rate  # noqa: E402
 
 from server.engine import load_model  # noqa: E402
 from server.engine.lexicon import LexiconWeights  # noqa: E402

@@ -27,7 +27,7 @@ from server.service.files import file_session, transcribe_offline
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import demo_data  # noqa: E402
 import human_speech  # noqa: E402
-from eval_wer import HUMAN, PEOPLE, error_rate  # noqa: E402
+from scoring import HUMAN, PEOPLE, error_rate  # noqa: E402
 
 PER_LANGUAGE = 8
 # measured on this checkpoint with the same 8 held-out sentences per language, plus a margin
@@ -249,3 +249,22 @@ def test_running_text_reads_better_with_the_word_pairs_than_by_word_frequency_al
     assert sum(with_pairs.values()) < sum(alone.values()), (with_pairs, alone)
     assert {lang: rate <= SENTENCE_LIMITS[lang] for lang, rate in with_pairs.items()} == dict.fromkeys(languages, True), \
         with_pairs
+
+
+def test_a_perfect_phoneme_reading_loses_only_words_said_alike(demo):
+    """eval_wer.py's floor column: the lexicon search given each reference's own pronunciation.
+    Words said alike come back as the likelier spelling (French plurals are silent: "équipes"
+    is said as "équipe"), every other word as it was written, and the languages the lexicon
+    reads in characters (Hindi, Mandarin) get no floor."""
+    from scoring import perfect_phonemes
+
+    rows = [{"language": "fr", "text": "équipes zones rendez-vous"},
+            {"language": "en", "text": "the weather tomorrow around seven"},
+            {"language": "es", "text": "la ciudad está cerca"},
+            {"language": "hi", "text": "नमस्ते"}]
+    floor = perfect_phonemes(demo, rows)
+    assert floor[0] == "équipe zone rendez vous"
+    assert floor[1] == "the weather tomorrow around 7"
+    assert error_rate("en", [rows[1]["text"]], [floor[1]]) == 0.0
+    assert floor[2].split()[:2] == ["la", "ciudad"] and floor[2].split()[3] == "cerca"
+    assert floor[3] is None

@@ -61,7 +61,7 @@ def test_the_demo_model_reads_what_kokoro_says():
 
 def test_neural_rows_are_scored_in_their_language_metric():
     """eval_wer.py --neural: Hindi of Kokoro's voices is a CER like synthetic Hindi, English a WER."""
-    from eval_wer import NEURAL, error_rate
+    from scoring import NEURAL, error_rate
 
     assert error_rate(NEURAL + "hi", ["ab cd"], ["ab ce"]) == pytest.approx(0.25)
     assert error_rate(NEURAL + "en", ["ab cd"], ["ab ce"]) == pytest.approx(0.5)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "server" / "models" / "demo"
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_data  # noqa: E402
-from eval_wer import error_rate  # noqa: E402
+from scoring import error_rate  # noqa: E402
 
 
 def test_live_training_writes_a_projector_the_loader_serves(tmp_path):
