@@ -265,3 +265,19 @@ def test_without_a_hint_a_reading_no_lexicon_fits_starts_empty_when_every_langua
         plains[languages] = loaded.tokenizer.decode(canvas[: canvas.index(loaded.eos_token_id)])
     assert plains[("en",)] == ""
     assert plains[model.spec.languages].strip() and not set(plains[model.spec.languages].split()) <= set(WORDS)
+
+
+def test_more_words_said_alike_than_the_trie_holds_keep_the_likeliest_and_print_nothing(tmp_path, capfd):
+    """flashlight's trie holds six words per spelling and complains on stderr about each further
+    one (the demo's phoneme lexicons printed 158 such lines at every start). The lexicon keeps
+    the six likeliest itself: the first in its file, as the trie did, and nothing is printed."""
+    folder = tmp_path / LEXICON_DIR
+    folder.mkdir()
+    (folder / PHONES_FILE).write_text(json.dumps(PHONES))
+    words = ["nite", "night", "knight", "nyte", "nait", "naight", "knite", "nighte"]  # all "n aɪ t"
+    (folder / "en.tsv").write_text("".join(f"{w}\t{-1.0 - i}\tn aɪ t\n" for i, w in enumerate(words)))
+    tokenizer = build_char_tokenizer(list("abcdefghijklmnopqrstuvwxyz "))
+    decoding = LexiconDecoding.from_dir(folder, tokenizer, tokenizer.pad_token_id, beam_tokens=len(tokenizer))
+    decoding.prepare()
+    assert "Trie" not in capfd.readouterr().err
+    assert tokenizer.decode(decoding.decode(None, "en", phone_emissions("n aɪ t"))) == "nite"

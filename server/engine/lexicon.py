@@ -75,6 +75,10 @@ WEIGHTS_FILE = "weights.json"
 PHONES_FILE = "phones.json"  # a phoneme head's inventory: blank first, then WORD_MARK
 WORD_MARK_ID = 1  # the word mark's index in every inventory (blank is 0)
 WORD_MARK = "|"  # the phoneme between two words, as the word space is between spelled ones
+# flashlight's Trie keeps the first 6 words of one spelling (kTrieMaxLabel) and prints a line on
+# stderr for each further one: 158 lines at every start of the demo, whose phoneme lexicons say
+# many words alike. The files list words by frequency, so capping here keeps the same 6, silently.
+TRIE_MAX_WORDS = 6
 _SUFFIXES = (".tsv", ".tsv.gz", ".tsv.xz")  # xz: the shipped demo's lexicons, a fifth smaller than gzip
 
 
@@ -194,8 +198,11 @@ class LexiconDecoding:
                                                                                 self.blank)
             trie = Trie(units, boundary)
             closing = [] if language in UNSPACED else [boundary]
+            said_so: dict[tuple[int, ...], int] = {}  # words per spelling inserted so far
             for index, (spelling, score) in enumerate(zip(spellings, scores)):
-                trie.insert(spelling + closing, index, score)
+                if said_so.setdefault(tuple(spelling), 0) < TRIE_MAX_WORDS:
+                    said_so[tuple(spelling)] += 1
+                    trie.insert(spelling + closing, index, score)
             trie.smear(SmearingMode.MAX)
             if phonemic:
                 self._said[language] = dict(zip(words, spellings))
