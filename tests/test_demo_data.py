@@ -67,6 +67,10 @@ def test_random_voices_are_new_speakers_that_never_use_a_heldout_setting():
     assert sum("klatt" in t for t in texts) > 10  # the other Klatt modes are drawn
     low_pitches = [int(t.split("\npitch ")[1].split()[0]) for t in texts]
     assert min(low_pitches) < 90 and max(low_pitches) > 190  # low and high voices alike
+    # an equaliser curve in some, and in some a formant far from the rest of its vocal tract
+    assert 40 < sum("\ntone " in t for t in texts) < 120
+    firsts = [[int(line.split()[2]) for line in t.splitlines() if line.startswith("formant ")][1:6] for t in texts]
+    assert sum(max(f) / min(f) > 1.35 for f in firsts) > 20 and sum(max(f) / min(f) < 1.15 for f in firsts) > 60
     said = [demo_data.synthesize("espeak", f"en-us+{espeak_voices.write_variant(t)}", "seven of hearts", 160, 50, 0)
             for t in texts[:2]]
     # each is removed once spoken: espeak-ng finds no voice at all in a folder of 350 files
