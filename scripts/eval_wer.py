@@ -54,7 +54,6 @@ from server.engine.denoise import ctc_canvases, run_batch  # noqa: E402
 from server.engine.frames import read_audio  # noqa: E402
 from server.service.config import ServerConfig  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "scripts"))
 from scoring import CER_LANGS, HUMAN, NEURAL, PEOPLE, error_rate, perfect_phonemes  # noqa: E402
 
 STREAM_PAD_S = 0.3  # silence the server columns' clients send before and after each wav
@@ -265,7 +264,7 @@ def main() -> None:
         columns["ctc start"], lexicon_start = ctc_start(model, rows)
         if lexicon_start is not None:
             columns["lexicon start"] = lexicon_start
-    floor = perfect_phonemes(model, rows) if model.lexicon is not None else []
+    floor = perfect_phonemes(model, rows)
     if any(h is not None for h in floor):
         columns[PERFECT] = floor
     for steps in [int(s) for s in args.steps.split(",")]:

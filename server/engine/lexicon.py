@@ -55,6 +55,7 @@ import json
 import logging
 import lzma
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,10 +199,10 @@ class LexiconDecoding:
                                                                                 self.blank)
             trie = Trie(units, boundary)
             closing = [] if language in UNSPACED else [boundary]
-            said_so: dict[tuple[int, ...], int] = {}  # words per spelling inserted so far
+            inserted = Counter()  # words per spelling
             for index, (spelling, score) in enumerate(zip(spellings, scores)):
-                if said_so.setdefault(tuple(spelling), 0) < TRIE_MAX_WORDS:
-                    said_so[tuple(spelling)] += 1
+                if inserted[key := tuple(spelling)] < TRIE_MAX_WORDS:
+                    inserted[key] += 1
                     trie.insert(spelling + closing, index, score)
             trie.smear(SmearingMode.MAX)
             if phonemic:
