@@ -12,7 +12,8 @@ temporary name and renamed, so a trainer polling the directory never reads half 
 
 :class:`FramePool` holds every finished shard, groups utterances by bucket, and serves
 batches of one bucket (so each batch has the shapes inference sees) whose size keeps the
-frames per batch roughly constant, with time masks and a little noise on the frames.
+frames per batch roughly constant, with time masks and a little noise on the frames (and,
+where asked, per-utterance channel jitter and channel masks).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ __all__ = ["SHARD", "make_shards", "write_shards", "FramePool"]
 
 SHARD = 1000  # utterances per shard
 _SEED_STRIDE = 10_000_000
+# FramePool.batch(channels=): per-utterance channel gain (1 + this x N(0, 1)) and shift (this x N(0, 1) x the
+# channel's std). Between utterances of the development set the channel means move by 0.16 of a
+# channel's std (median) and its std by 0.10, so these draw as much again
+CHANNEL_GAIN, CHANNEL_SHIFT = 0.1, 0.2
+CHANNEL_MASK = 48  # widest band of encoder channels zeroed there (of 512)
 
 
 def make_shards(out: Path, first: int, count: int, whisper_dir: Path, seed: int = 0, size: int = SHARD,
@@ -109,8 +115,14 @@ class FramePool:
             self.loaded.add(path.stem)
         return len(self.rows)
 
-    def batch(self, rng: np.random.Generator, augment: float = 0.5):
-        """(frames [B, T, 512] float32, token ids per row, languages) from one bucket."""
+    def batch(self, rng: np.random.Generator, augment: float = 0.5, channels: float = 0.0):
+        """(frames [B, T, 512] float32, token ids per row, languages) from one bucket.
+
+        ``channels``: the share of rows whose channels are also perturbed, as a voice or a
+        microphone the training voices never had would move them: every channel scaled and
+        shifted by its own constant for the whole utterance, and one or two bands of up to
+        ``CHANNEL_MASK`` channels zeroed (SpecAugment's frequency masks, on the encoder's
+        features). Held-out voices are what the model misses; these are cheap to draw."""
         sizes = np.array([len(self.buckets[b]) for b in sorted(self.buckets)], dtype=np.float64)
         bucket = sorted(self.buckets)[rng.choice(len(sizes), p=sizes / sizes.sum())]
         count = max(2, min(64, self.frames_per_batch // bucket))
@@ -124,5 +136,14 @@ class FramePool:
                         t0, tw = int(rng.integers(0, bucket)), int(rng.integers(1, 8))
                         row[t0: t0 + tw] = 0.0
                     row += torch.from_numpy(rng.standard_normal(row.shape).astype(np.float32)) * 0.05 * row.std()
+        for row in frames:  # after the time masks, so a run without channels draws what it drew before
+            if channels and rng.random() < channels:
+                std = row.std(0, keepdim=True)
+                gain = 1.0 + CHANNEL_GAIN * rng.standard_normal(row.shape[1]).astype(np.float32)
+                shift = CHANNEL_SHIFT * rng.standard_normal(row.shape[1]).astype(np.float32)
+                row.mul_(torch.from_numpy(gain)).add_(torch.from_numpy(shift) * std)
+                for _ in range(int(rng.integers(1, 3))):
+                    c0, cw = int(rng.integers(0, row.shape[1])), int(rng.integers(1, CHANNEL_MASK + 1))
+                    row[:, c0: c0 + cw] = 0.0
         return frames, [self.rows[i][3] for i in picks], [self.rows[i][4] for i in picks]
 

@@ -91,7 +91,7 @@ def train(args, model, phones: list[str]) -> None:
         scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * frac))
         for group, base in zip(opt.param_groups, (args.lr, args.head_lr)):
             group["lr"] = base * scale
-        frames, chars, _ = pool.batch(rng)
+        frames, chars, _ = pool.batch(rng, channels=args.channel_augment)
         rows = [targets[i] for i in pool.last_picks]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             embeds, phone_logits = model.projector.read(frames)
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--char-weight", type=float, default=0.5)
     parser.add_argument("--frames-per-batch", type=int, default=12_000)
     parser.add_argument("--save-every", type=float, default=300.0)
+    parser.add_argument("--channel-augment", type=float, default=0.0,
+                        help="share of rows whose encoder channels are jittered and masked (FramePool.batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true")

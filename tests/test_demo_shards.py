@@ -55,3 +55,27 @@ def test_shards_hold_each_utterance_at_its_own_bucket_in_order_and_are_never_rew
 
     pool = FramePool(tmp_path, load_model("demo", "cpu").tokenizer)
     assert pool.poll() == 3 and pool.texts == [u.text for u in utts]
+
+
+
+def test_channel_perturbation_moves_each_utterance_by_its_own_constants_and_leaves_runs_without_it_unchanged(tmp_path):
+    utts = _utterances()
+    write_shards(tmp_path, 0, utts, WHISPER, size=3)
+    pool = FramePool(tmp_path, load_model("demo", "cpu").tokenizer)
+    pool.poll()
+    plain, _, _ = pool.batch(np.random.default_rng(7), augment=0.0)
+    again, _, _ = pool.batch(np.random.default_rng(7), augment=0.0, channels=0.0)
+    assert torch.equal(plain, again)  # without channels: the same draws as before this option
+    moved, _, _ = pool.batch(np.random.default_rng(7), augment=0.0, channels=1.0)
+    assert moved.shape == plain.shape and len(plain) >= 2
+    gains = []
+    for before, after in zip(plain, moved):
+        zeroed = (after == 0).all(0)
+        assert 1 <= int(zeroed.sum()) <= 2 * 48  # one or two bands of channels masked for the whole utterance
+        b, a = before[:, ~zeroed], after[:, ~zeroed]
+        b, a = b - b.mean(0), a - a.mean(0)
+        gain = (a * b).sum(0) / (b * b).sum(0)  # elsewhere each channel is an affine map of itself
+        assert float((a - gain * b).abs().max()) < 1e-3 * float(a.abs().max())
+        assert 0.02 < float((gain - 1).abs().mean()) < 0.3
+        gains.append(gain[:400])
+    assert not torch.allclose(gains[0], gains[1])  # each row draws its own constants
