@@ -136,14 +136,15 @@ class FramePool:
                         t0, tw = int(rng.integers(0, bucket)), int(rng.integers(1, 8))
                         row[t0: t0 + tw] = 0.0
                     row += torch.from_numpy(rng.standard_normal(row.shape).astype(np.float32)) * 0.05 * row.std()
-        for row in frames:  # after the time masks, so a run without channels draws what it drew before
-            if channels and rng.random() < channels:
-                std = row.std(0, keepdim=True)
-                gain = 1.0 + CHANNEL_GAIN * rng.standard_normal(row.shape[1]).astype(np.float32)
-                shift = CHANNEL_SHIFT * rng.standard_normal(row.shape[1]).astype(np.float32)
-                row.mul_(torch.from_numpy(gain)).add_(torch.from_numpy(shift) * std)
-                for _ in range(int(rng.integers(1, 3))):
-                    c0, cw = int(rng.integers(0, row.shape[1])), int(rng.integers(1, CHANNEL_MASK + 1))
-                    row[:, c0: c0 + cw] = 0.0
+        if channels:  # after the time masks, so a run without channels draws what it drew before
+            for row in frames:
+                if rng.random() < channels:
+                    std = row.std(0, keepdim=True)
+                    gain = 1.0 + CHANNEL_GAIN * rng.standard_normal(row.shape[1]).astype(np.float32)
+                    shift = CHANNEL_SHIFT * rng.standard_normal(row.shape[1]).astype(np.float32)
+                    row.mul_(torch.from_numpy(gain)).add_(torch.from_numpy(shift) * std)
+                    for _ in range(int(rng.integers(1, 3))):
+                        c0, cw = int(rng.integers(0, row.shape[1])), int(rng.integers(1, CHANNEL_MASK + 1))
+                        row[:, c0: c0 + cw] = 0.0
         return frames, [self.rows[i][3] for i in picks], [self.rows[i][4] for i in picks]
 
